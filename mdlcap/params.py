@@ -1,0 +1,288 @@
+"""params/*.yaml: one file per model/run, validated against the schema below.
+
+Each section is a dataclass; the loader rejects unknown keys, wrong types and missing
+required values with a message naming the key and the file. Every notebook takes
+`params_path` as its papermill parameter and calls `mdlcap.run.start(params_path, ...)`,
+which loads the file through `load()`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params file broke the schema; the message names the file and the key."""
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class RunParams:
+    name: str = ""                      # results/<name>/; defaults to the file's stem
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    smoke: bool = False                 # CI size: notebooks shrink loops and skip figures' extras
+
+
+@dataclass
+class LaunchParams:
+    """How the 7B runs go to several GPUs (an existing engine, never a home-made one)."""
+    num_processes: int = 1
+    command: str = "papermill"          # e.g. "accelerate launch --num_processes 4 -m mdlcap.cli ..."
+
+
+@dataclass
+class ArchitectureParams:
+    """Shape of the embedded default model (a small MistralForCausalLM)."""
+    vocab_size: int = 2048
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 6
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 256
+
+
+@dataclass
+class PretrainParams:
+    steps: int = 600
+    batch_size: int = 16
+    seq_len: int = 128
+    lr: float = 3e-3
+    warmup: int = 50
+    weight_decay: float = 0.1
+
+
+@dataclass
+class ModelParams:
+    name_or_path: str = "default"       # "default": build the embedded model; else hub id or local dir
+    revision: str | None = None
+    trust_remote_code: bool = False     # only a params file may opt in
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    architecture: ArchitectureParams = field(default_factory=ArchitectureParams)
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
+
+
+@dataclass
+class DataParams:
+    source: Literal["generated", "hub"] = "generated"
+    seed: int = 0
+    finetune_tasks: list[str] = field(default_factory=lambda: ["cola", "mrpc", "csqa", "obqa", "sciq"])
+    zeroshot_tasks: list[str] = field(default_factory=lambda: [
+        "rte", "openbookqa", "arc_easy", "arc_challenge", "hellaswag", "boolq", "winogrande"])
+    n_train: int = 512
+    n_validation: int = 128
+    n_test: int = 256
+    n_calibration: int = 64              # calibration sequences (C4 stand-in)
+    calibration_seq_len: int = 128
+    n_heldout: int = 64                  # held-out sequences for perplexity
+    zeroshot_limit: int | None = None    # lm-eval `limit` per task
+
+
+@dataclass
+class ScoringParams:
+    methods: list[str] = field(default_factory=lambda: ["cg", "diag_fisher", "kfac", "grad_norm", "layerif"])
+    curvature: Literal["ggn", "hessian"] = "ggn"
+    damping: float = 1e-3
+    cg_max_iter: int = 50
+    cg_tol: float = 1e-6
+    n_batches: int = 4
+    batch_size: int = 8
+    blocks: Literal["layer", "attn_mlp"] = "layer"
+
+
+@dataclass
+class AllocationParams:
+    total_experts: int = 20              # paper: 160 over 32 layers (5 per layer)
+    alpha: float = 1.0
+    beta: float = 0.9
+    gamma: float = 0.5
+    budget_scaling: float = 0.0276
+    n_min: int = 1
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    epochs: int = 1
+    lr: float = 2e-4
+    lora_r: int = 8
+    lora_alpha: int = 16
+    batch_size: int = 16
+    max_train: int | None = None
+
+
+@dataclass
+class PruningParams:
+    target: float = 0.5
+    bits: float = 16.0
+    lam: float = 2.0
+    gamma: float = 1.0
+    rho_max: float = 0.51
+    pruners: list[str] = field(default_factory=lambda: ["magnitude", "wanda", "sparsegpt"])
+    sweep: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
+    layerif_epsilon: float = 0.1
+
+
+@dataclass
+class TransferParams:
+    n_instances: int = 2000
+    deltas: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
+    K: int = 32
+
+
+@dataclass
+class PrecisionParams:
+    dataset: str = "digits"              # digits (ships with scikit-learn) | mnist | fashion_mnist | cifar10 | svhn
+    data_path: str | None = None         # local folder with the standard files of a larger data set
+    models: list[str] = field(default_factory=lambda: ["mlp2", "mlp4", "cnn"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    epochs: int = 30
+    n_probes: int = 16
+    bit_choices: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    n_random: int = 100
+
+
+@dataclass
+class Params:
+    run: RunParams = field(default_factory=RunParams)
+    launch: LaunchParams = field(default_factory=LaunchParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    data: DataParams = field(default_factory=DataParams)
+    scoring: ScoringParams = field(default_factory=ScoringParams)
+    allocation: AllocationParams = field(default_factory=AllocationParams)
+    pruning: PruningParams = field(default_factory=PruningParams)
+    transfer: TransferParams = field(default_factory=TransferParams)
+    precision: PrecisionParams = field(default_factory=PrecisionParams)
+    source: str = ""                     # the file this came from (set by load)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def uses_default_model(self) -> bool:
+        return self.model.name_or_path == "default"
+
+
+# --------------------------------------------------------------------------- loader
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str, src: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = lambda: ParamsError(f"{src}: key '{where}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")  # noqa: E731
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where, src)
+            except ParamsError:
+                pass
+        raise bad()
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(f"{src}: key '{where}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad()
+        return [_coerce(v, args[0], f"{where}[{i}]", src) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return {str(k): _coerce(v, args[1], f"{where}.{k}", src) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad()
+        return _build(tp, value, where, src)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if tp is Any:
+        return value
+    raise ParamsError(f"{src}: key '{where}': unsupported schema type {tp}")
+
+
+def _build(cls: type, raw: dict, prefix: str, src: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ParamsError(f"{src}: unknown key '{key}' (allowed here: {sorted(names)})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                key = f"{prefix}.{f.name}" if prefix else f.name
+                raise ParamsError(f"{src}: missing required key '{key}'")
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        kwargs[f.name] = _coerce(raw[f.name], hints[f.name], key, src)
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict, source: str = "<dict>") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+    if "source" in raw:
+        raise ParamsError(f"{source}: unknown key 'source' (reserved)")
+    p = _build(Params, raw, "", source)
+    p.source = source
+    if not p.run.name:
+        p.run.name = Path(source).stem if source != "<dict>" else "run"
+    _check_values(p, source)
+    return p
+
+
+def _check_values(p: Params, src: str) -> None:
+    """Value rules the types alone cannot say."""
+    def need(cond: bool, key: str, rule: str) -> None:
+        if not cond:
+            raise ParamsError(f"{src}: key '{key}' {rule}")
+    need(0.0 < p.pruning.target < 1.0, "pruning.target", "must lie in (0, 1)")
+    need(0.0 < p.pruning.rho_max <= 1.0, "pruning.rho_max", "must lie in (0, 1]")
+    need(p.pruning.target <= p.pruning.rho_max, "pruning.target", "must not exceed pruning.rho_max (infeasible)")
+    need(p.scoring.damping > 0, "scoring.damping", "must be > 0")
+    need(p.allocation.total_experts > 0, "allocation.total_experts", "must be > 0")
+    need(p.launch.num_processes >= 1, "launch.num_processes", "must be >= 1")
+    need(p.model.architecture.num_attention_heads % p.model.architecture.num_key_value_heads == 0,
+         "model.architecture.num_key_value_heads", "must divide num_attention_heads")
+
+
+def load(path: str | Path) -> Params:
+    """Load and validate a params YAML file."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params_path: no such file '{path}'")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    return from_dict(raw, str(path))

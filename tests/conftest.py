@@ -1,0 +1,42 @@
+"""Shared test helpers: run a notebook at smoke size through papermill, once per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = "params/smoke.yaml"
+SMOKE_DIR = ROOT / "results" / "smoke"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("MDLCAP_ROOT", str(ROOT))
+
+
+def run_notebook(stem: str, params: str = SMOKE, **parameters) -> Path:
+    """Execute notebooks/<stem>.ipynb with papermill; return the notebook's output folder.
+
+    The executed copy goes to results/<run>/<stem>.ipynb, as `make all` writes it.
+    """
+    import papermill as pm
+
+    out_dir = ROOT / "results" / Path(params).stem
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / f"{stem}.ipynb"),
+        str(out_dir / f"{stem}.ipynb"),
+        parameters={"params_path": params, **parameters},
+        kernel_name="python3",
+        cwd=str(ROOT),
+        progress_bar=False,
+    )
+    return out_dir / stem
+
+
+@pytest.fixture(scope="session")
+def smoke_prepared() -> Path:
+    """The smoke-size default model and data (notebook 00), built once per test session."""
+    return run_notebook("00_prepare")
