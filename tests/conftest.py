@@ -40,3 +40,9 @@ def run_notebook(stem: str, params: str = SMOKE, **parameters) -> Path:
 def smoke_prepared() -> Path:
     """The smoke-size default model and data (notebook 00), built once per test session."""
     return run_notebook("00_prepare")
+
+
+@pytest.fixture(scope="session")
+def smoke_scores(smoke_prepared) -> Path:
+    """Layer scores at smoke size (notebook 02), on top of the smoke default model."""
+    return run_notebook("02_curvature_scores")
