@@ -82,6 +82,11 @@ class Run:
     dir: Path                        # results/<run>/<notebook>/
     started: str = field(default_factory=_now)
     extra: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)   # file name -> sha256, for the manifest
+
+    def _record(self, path: Path) -> Path:
+        self.outputs[path.name] = mio.file_sha256(path)
+        return path
 
     @property
     def name(self) -> str:
@@ -102,16 +107,16 @@ class Run:
         """Write a pandas DataFrame as CSV (atomic)."""
         buf = io.StringIO()
         df.to_csv(buf, index=index, float_format="%.6g")
-        return mio.atomic_write_text(self.dir / f"{name}.csv", buf.getvalue())
+        return self._record(mio.atomic_write_text(self.dir / f"{name}.csv", buf.getvalue()))
 
     def save_figure(self, fig, name: str, dpi: int = 120) -> Path:
         """Write a matplotlib figure as PNG (atomic)."""
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-        return mio.atomic_write_bytes(self.dir / f"{name}.png", buf.getvalue())
+        return self._record(mio.atomic_write_bytes(self.dir / f"{name}.png", buf.getvalue()))
 
     def save_json(self, obj: Any, name: str) -> Path:
-        return mio.atomic_write_json(self.dir / f"{name}.json", obj)
+        return self._record(mio.atomic_write_json(self.dir / f"{name}.json", obj))
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -126,6 +131,9 @@ class Run:
             "device": self.device,
             "started": self.started,
             "finished": _now(),
+            # sha256 of every table/figure/json this run wrote: the report's check that
+            # committed results were produced by a run and not edited by hand
+            "outputs": dict(sorted(self.outputs.items())),
             **({"extra": self.extra} if self.extra else {}),
         }
 
