@@ -128,9 +128,13 @@ class PruningParams:
 
 @dataclass
 class TransferParams:
-    n_instances: int = 2000
+    """Notebook 05 (Theorem 4): synthetic drift instances and real task-to-task drift."""
+    n_instances: int = 2000              # random instances per program in the violation count
     deltas: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
-    K: int = 32
+    K: int = 32                          # layers of the synthetic instances
+    n_sweep: int = 3                     # instances per regime in the regret-vs-δ sweep
+    n_max: Literal["solutions", "bracket"] = "solutions"   # allocation box for μ (see mdlcap.transfer)
+    methods: list[str] = field(default_factory=lambda: ["cg_ggn", "layerif_all"])  # scores.csv methods
 
 
 @dataclass
@@ -271,6 +275,11 @@ def _check_values(p: Params, src: str) -> None:
     need(p.scoring.damping > 0, "scoring.damping", "must be > 0")
     need(p.allocation.total_experts > 0, "allocation.total_experts", "must be > 0")
     need(p.launch.num_processes >= 1, "launch.num_processes", "must be >= 1")
+    need(p.transfer.n_instances >= 1, "transfer.n_instances", "must be >= 1")
+    need(p.transfer.K >= 2, "transfer.K", "must be >= 2")
+    need(p.transfer.n_sweep >= 1, "transfer.n_sweep", "must be >= 1")
+    need(len(p.transfer.deltas) >= 2 and all(d > 0 for d in p.transfer.deltas), "transfer.deltas",
+         "must hold at least two values > 0")
     need(p.model.architecture.num_attention_heads % p.model.architecture.num_key_value_heads == 0,
          "model.architecture.num_key_value_heads", "must divide num_attention_heads")
 
