@@ -1,0 +1,125 @@
+"""The allocation and pruning programs written directly in cvxpy: the independent check.
+
+`mdlcap.programs` solves Eq 11 and Eq 14 through their closed forms; here the same programs are
+stated as written in the paper and handed to a general conic solver, so the notebook and tests
+compare two unrelated routes to the same optimum.
+
+Solver choice: CLARABEL (interior point, installed with cvxpy) for both. The allocation
+objective has log(1+n), which cvxpy turns into exponential cones; CLARABEL handles exp cones
+natively and to high accuracy (SCS also does but only to ~1e-4 accuracy by default; OSQP and
+HIGHS cannot take cones). The pruning program is a QP; CLARABEL solves it to ~1e-9 where OSQP
+(first order) stops near 1e-4, too loose to check a closed form against.
+
+Scaling: the paper's pruning program has raw parameter counts N_k ~ 1e8 and an objective
+~1e11. Dividing the objective by a positive constant and the constraint by Σ N changes neither
+the minimiser nor the multipliers' meaning after rescaling back, and keeps the interior-point
+solver well conditioned; we do exactly that and report the duals in the original units.
+
+`allocate_integer_milp` states the integer allocation as a 0-1 knapsack over unit increments
+(exact because increments decrease along each layer) and solves it with HIGHS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import programs as P
+
+SOLVER = "CLARABEL"
+# Tighter than CLARABEL's defaults (1e-8 gap / feasibility): a reference must be more accurate
+# than the differences we want to see (the closed forms are exact to ~1e-12).
+TIGHT = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12, "max_iter": 400}
+
+
+def _solve(prob, solver, solver_opts):
+    opts = dict(TIGHT) if solver == "CLARABEL" else {}
+    opts.update(solver_opts)
+    prob.solve(solver=solver, **opts)
+
+
+@dataclass
+class ReferenceResult:
+    x: np.ndarray                # n (allocation) or ρ (pruning)
+    dual: float                  # μ or ν, in the units of the paper's program
+    objective: float             # the paper's objective (Eq 11 or Eq 14), recomputed at x
+    status: str
+    solve_time: float            # seconds inside the solver (cvxpy's solver_stats)
+
+
+def allocate_cvxpy(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, solver=SOLVER,
+                   **solver_opts) -> ReferenceResult:
+    """Eq 11 in cvxpy: min Σ α c n − β Σ q^γ log(1+n), Σ c n ≤ B, n ≥ 0."""
+    import cvxpy as cp
+
+    q = np.asarray(q, float)
+    c = np.broadcast_to(np.asarray(cost, float), q.shape).copy()
+    w = beta * q ** gamma
+    n = cp.Variable(q.size, nonneg=True)
+    budget_con = c @ n <= budget
+    scale = max(float(w.sum()), 1e-300)          # objective / Σw: same minimiser, O(1) numbers
+    prob = cp.Problem(cp.Minimize((alpha * (c @ n) - w @ cp.log1p(n)) / scale), [budget_con])
+    _solve(prob, solver, solver_opts)
+    x = np.maximum(np.asarray(n.value, float), 0.0)
+    mu = float(budget_con.dual_value) * scale
+    return ReferenceResult(x=x, dual=mu,
+                           objective=P.allocation_objective(x, q, c, alpha=alpha, beta=beta, gamma=gamma),
+                           status=prob.status, solve_time=float(prob.solver_stats.solve_time or np.nan))
+
+
+def prune_cvxpy(q, sizes, target, *, bits=16.0, lam=2.0, gamma=1.0, rho_max=1.0, equality=False,
+                solver=SOLVER, **solver_opts) -> ReferenceResult:
+    """Eq 14 in cvxpy: min Σ b N (1−ρ) + λ Σ q^γ ρ², Σ N ρ ≥ s Σ N (or =), 0 ≤ ρ ≤ ρ_max."""
+    import cvxpy as cp
+
+    q, N = np.asarray(q, float), np.asarray(sizes, float)
+    pen = lam * q ** gamma
+    total = float(N.sum())
+    rho = cp.Variable(q.size)
+    share = N / total
+    con = (share @ rho == target) if equality else (share @ rho >= target)
+    # objective / scale with scale = b ΣN + Σ λq^γ: minimiser unchanged, numbers O(1)
+    scale = bits * total + float(pen.sum())
+    obj = (bits * (N @ (1 - rho)) + cp.sum(cp.multiply(pen, cp.square(rho)))) / scale
+    prob = cp.Problem(cp.Minimize(obj), [con, rho >= 0, rho <= rho_max])
+    _solve(prob, solver, solver_opts)
+    x = np.clip(np.asarray(rho.value, float), 0.0, rho_max)
+    # cvxpy's dual is for share @ ρ (≥ or =) in the scaled objective; back to ν of Eq 17,
+    # whose constraint is Σ N ρ ≥ s Σ N: ν = dual · scale / ΣN (sign: cvxpy reports ≥ duals ≥ 0)
+    dual = float(np.ravel(con.dual_value)[0]) * scale / total
+    if equality:
+        dual = -dual                      # cvxpy's equality multiplier enters with the other sign
+    return ReferenceResult(x=x, dual=dual,
+                           objective=P.pruning_objective(x, q, N, bits=bits, lam=lam, gamma=gamma),
+                           status=prob.status, solve_time=float(prob.solver_stats.solve_time or np.nan))
+
+
+def allocate_integer_milp(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, n_min=0,
+                          spend_all=False, n_max=None, solver="HIGHS") -> np.ndarray:
+    """Exact integer allocation by a 0-1 knapsack MILP over unit increments (small K only).
+
+    Unit j ≥ 1 above n_min at layer k has value Δ_k(n_min+j−1) (minus α c_k unless spend_all)
+    and weight c_k; increments decrease in j, so some optimum takes a prefix per layer and the
+    counts are n_min + Σ_j x_kj. `n_max` caps units per layer (default: what the budget allows).
+    """
+    import cvxpy as cp
+
+    q = np.asarray(q, float)
+    K = q.size
+    c = np.broadcast_to(np.asarray(cost, float), q.shape).copy()
+    w = beta * q ** gamma
+    nmin = np.broadcast_to(np.asarray(n_min, dtype=np.int64), q.shape)
+    left = budget - float(c @ nmin)
+    J = int(np.floor(left / c.min() + 1e-9)) if n_max is None else int(n_max)
+    if J <= 0:
+        return nmin.copy()
+    j = np.arange(J)
+    base = nmin[:, None] + j[None, :]                                   # count before the unit
+    val = w[:, None] * np.log((base + 2.0) / (base + 1.0))
+    if not spend_all:
+        val = val - alpha * c[:, None]
+    x = cp.Variable((K, J), boolean=True)
+    prob = cp.Problem(cp.Maximize(cp.sum(cp.multiply(val, x))),
+                      [cp.sum(x, axis=1) @ c <= left + 1e-9 * budget])
+    prob.solve(solver=solver)
+    return nmin + np.rint(np.asarray(x.value).sum(axis=1)).astype(np.int64)
