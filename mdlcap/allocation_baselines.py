@@ -1,0 +1,259 @@
+"""Per-layer expert counts for the allocation experiment (paper §3.3-3.4), every method spending
+exactly the same integer budget `total` over the decoder layers.
+
+    uniform(L, total)                 total / L per layer (the remainder to the top layers)
+    mola_pyramid(L, total)            MoLA's fixed "triangle": 2/4/6/8 per quarter, scaled to total
+    layerif(scores, total, exponent)  LayerIF's heuristic on influence scores (its public code)
+    alphalora(model, total, exponent) AlphaLoRA: heavy-tail PL-alpha (Hill) of each layer's weights
+    mdl(q, total, ...)                Algorithm 1 (`mdlcap.programs.allocate_integer`)
+
+How the paper's α, β, γ and budget scaling (its Table 3) enter our integer program
+----------------------------------------------------------------------------------
+All decoder layers of Mistral/Gemma (and of our default model) have the same shapes, so one LoRA
+expert costs the same FLOPs c at every layer. We measure cost in "standard layers" as the paper
+does: c_k = s (the budget scaling, 0.0276 for Mistral-7B) and B = s * total, so the constraint
+Σ c_k n_k <= B is Σ n_k <= total. The literal program then reads
+
+    min Σ α s n_k - β q_k^γ log(1 + n_k),   Σ n_k <= total,  n_k >= n_min        (Eq 11)
+
+and its unconstrained optimum is n_k = β q_k^γ / (α s) - 1 (Eq 12). Whether that spends the
+budget depends on K and q: with α = 1, β = 0.9, γ = 0.5, s = 0.0276 the sum is at most
+0.9 sqrt(K)/0.0276 - K (equality at uniform q), i.e. 84 > 40 for our K = 8 (binds) but only
+152.6 < 160 for Mistral's K = 32: the continuous program leaves budget unspent there (the integer
+greedy happens to reach 5 per layer = 160 at exactly uniform q, and falls short as q spreads).
+The comparison with LayerIF is at an equal budget, so `mdl` solves the budget as an equality
+(Σ n_k = total; `allocate_integer(..., spend_all=True)`). With equal costs the linear term is then the constant α B, so α and s drop out and
+β only scales the objective: the counts depend on q, γ and n_min alone, and they coincide with
+the literal program's whenever its budget binds (the greedy order β q^γ Δlog(1+n) - α c is the same
+for every α when all c_k are equal). `mdl_literal` returns the literal program's counts so a
+notebook can show whether, and by how much, it under-spends.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+MOLA_PATTERN = (2, 4, 6, 8)
+
+
+def _check_total(total: int, n_layers: int, n_min: int = 0) -> int:
+    if isinstance(total, bool) or int(total) != total:
+        raise ValueError(f"total: must be an integer, got {total!r}")
+    if n_layers < 1:
+        raise ValueError(f"n_layers: must be >= 1, got {n_layers}")
+    if n_min < 0:
+        raise ValueError(f"n_min: must be >= 0, got {n_min}")
+    if total < n_min * n_layers:
+        raise ValueError(f"total: must be >= n_min * n_layers = {n_min * n_layers}, got {total}")
+    return int(total)
+
+
+def _as_vector(x, name: str) -> np.ndarray:
+    v = np.asarray(x, dtype=float).ravel()
+    if v.size == 0:
+        raise ValueError(f"{name}: must not be empty")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name}: must be finite (no NaN/inf), got {v}")
+    return v
+
+
+def largest_remainder(shares, total: int, n_min: int = 0) -> np.ndarray:
+    """Integers summing to `total`, each >= n_min, proportional to `shares` (>= 0): give n_min to
+    every entry, split the rest in proportion, floor, then hand the leftover units to the largest
+    fractional parts (ties to the lower index)."""
+    w = _as_vector(shares, "shares")
+    if np.any(w < 0):
+        raise ValueError(f"shares: must be >= 0, got {w}")
+    total = _check_total(total, w.size, n_min)
+    free = total - n_min * w.size
+    w = w if w.sum() > 0 else np.ones_like(w)
+    frac = w / w.sum() * free
+    counts = np.floor(frac).astype(int)
+    left = free - counts.sum()
+    order = np.argsort(-(frac - counts), kind="stable")
+    counts[order[:left]] += 1
+    return counts + n_min
+
+
+def uniform(n_layers: int, total: int) -> np.ndarray:
+    """total // L per layer; the remainder goes one each to the top layers (MoLA: higher layers
+    need more experts)."""
+    total = _check_total(total, n_layers)
+    counts = np.full(n_layers, total // n_layers, dtype=int)
+    r = total - counts.sum()
+    if r:
+        counts[n_layers - r:] += 1
+    return counts
+
+
+def mola_pyramid(n_layers: int, total: int, pattern: Sequence[int] = MOLA_PATTERN, n_min: int = 1) -> np.ndarray:
+    """MoLA's "triangle" (Gao et al. 2024): experts 2/4/6/8 on the four quarters of the layers
+    (160 for 32 layers), scaled to `total` with largest-remainder rounding. Layer k is in quarter
+    floor(len(pattern) * k / L)."""
+    total = _check_total(total, n_layers, n_min)
+    pat = np.asarray(pattern, dtype=float)
+    if pat.size == 0 or np.any(pat <= 0):
+        raise ValueError(f"pattern: must be positive numbers, got {list(pattern)}")
+    raw = pat[(np.arange(n_layers) * pat.size) // n_layers]
+    if raw.sum() == total and np.all(raw == np.round(raw)) and raw.min() >= n_min:
+        return raw.astype(int)        # e.g. 8 layers, 40 experts: exactly 2,2,4,4,6,6,8,8
+    return _scaled_with_floor(raw, total, n_min)
+
+
+def _scaled_with_floor(raw: np.ndarray, total: int, n_min: int) -> np.ndarray:
+    """Proportional to raw (not to raw - n_min), clipped at n_min, rounding that keeps the sum."""
+    x = raw / raw.sum() * total
+    counts = np.maximum(np.floor(x).astype(int), n_min)
+    while counts.sum() > total:            # take back from the largest over-allocated entries
+        over = np.where(counts > n_min, counts - x, -np.inf)
+        counts[int(np.argmax(over))] -= 1
+    left = total - counts.sum()
+    order = np.argsort(-(x - counts), kind="stable")
+    counts[order[:left]] += 1
+    return counts
+
+
+def layerif(scores, total: int, exponent: float = 3.0) -> np.ndarray:
+    """LayerIF's expert-allocation heuristic, as its public code does it (Askari et al. 2025,
+    github.com/HadiAskari/Expert_Allocation, `scale_values_final`; re-implemented, not copied):
+
+      1. invert the layer influence sums: v_k = max_j s_j - s_k  (more negative influence = more
+         beneficial training data through that layer = more experts; the top-scoring layer gets 0);
+         if all v_k are 0 they become 1e-6 (uniform);
+      2. raise to a power: w_k = v_k^exponent  (LayerIF's walk-through uses 3);
+      3. scale to the total minus one per layer: f_k = w_k / Σ w * (total - L);
+      4. floor and add one per layer: n_k = floor(f_k) + 1;
+      5. hand the remaining total - Σ n_k units to the largest fractional parts f_k - floor(f_k).
+    """
+    s = _as_vector(scores, "scores")
+    if exponent <= 0:
+        raise ValueError(f"exponent: must be > 0, got {exponent}")
+    total = _check_total(total, s.size, n_min=1)
+    v = s.max() - s
+    if np.all(v == 0):
+        v = v + 1e-6
+    w = v ** exponent
+    f = w / w.sum() * (total - s.size)
+    counts = np.floor(f).astype(int) + 1
+    left = total - counts.sum()
+    order = np.argsort(-(f - np.floor(f)), kind="stable")
+    counts[order[:left]] += 1
+    return counts
+
+
+# --------------------------------------------------------------------------- AlphaLoRA
+def pl_alpha_hill(weight, n_xmin: int = 50) -> float:
+    """Power-law exponent α of the eigenvalues of WᵀW (heavy-tailed self-regularisation, as
+    AlphaLoRA/WeightWatcher): Hill estimator α = 1 + n / Σ log(λ_i / λ_min) over the tail above each
+    candidate λ_min, keeping the candidate whose fitted CDF is closest (Kolmogorov-Smirnov) to the
+    empirical one. Larger α = lighter tail = less well trained layer (AlphaLoRA gives it more experts)."""
+    import torch
+
+    w = torch.as_tensor(weight).detach().float()
+    ev = torch.linalg.svdvals(w).double() ** 2
+    ev = torch.sort(ev[ev > 1e-12 * ev.max()]).values
+    n_all = ev.numel()
+    if n_all < 3:
+        return 1.0
+    logs = torch.log(ev)
+    cand = torch.linspace(0, n_all - 2, min(n_xmin, n_all - 1)).round().long().unique()
+    best_alpha, best_d = 1.0, float("inf")
+    for i in cand.tolist():
+        tail = ev[i:]
+        n = tail.numel()
+        denom = float((logs[i:] - logs[i]).sum())
+        if denom <= 0:
+            continue
+        alpha = 1.0 + n / denom
+        emp = torch.arange(n, dtype=torch.float64) / n
+        fit = 1.0 - (tail / tail[0]) ** (1.0 - alpha)
+        d = float((fit - emp).abs().max())
+        if d < best_d:
+            best_d, best_alpha = d, alpha
+    return best_alpha
+
+
+def layer_alphas(model) -> np.ndarray:
+    """Mean PL-alpha over the linear projections of each decoder layer (AlphaLoRA's layer quality)."""
+    from torch import nn
+
+    from .models import decoder_layers
+    from .moe import LoraMoELinear
+
+    out = []
+    for layer in decoder_layers(model):
+        a = []
+        for m in layer.modules():
+            if isinstance(m, LoraMoELinear):
+                continue
+            if isinstance(m, nn.Linear):
+                a.append(pl_alpha_hill(m.weight))
+        out.append(float(np.mean(a)) if a else 1.0)
+    return np.asarray(out)
+
+
+def alphalora(alphas, total: int, exponent: float = 2.5, n_min: int = 1) -> np.ndarray:
+    """AlphaLoRA (Qing et al. 2024): experts ∝ α_k^exponent (its default exponent 2.5), rounded to
+    integers >= n_min that sum to `total`."""
+    a = _as_vector(alphas, "alphas")
+    if np.any(a <= 0):
+        raise ValueError(f"alphas: must be > 0, got {a}")
+    total = _check_total(total, a.size, n_min)
+    return _scaled_with_floor(a ** exponent, total, n_min)
+
+
+# --------------------------------------------------------------------------- MDL (Algorithm 1)
+def _mdl_inputs(q, total, costs, budget_scaling, n_min):
+    qv = _as_vector(q, "q")
+    if np.any(qv < 0) or qv.sum() <= 0:
+        raise ValueError(f"q: must be >= 0 and not all zero, got {qv}")
+    qv = qv / qv.sum()
+    total = _check_total(total, qv.size, n_min)
+    if budget_scaling <= 0:
+        raise ValueError(f"budget_scaling: must be > 0, got {budget_scaling}")
+    c = np.ones_like(qv) if costs is None else _as_vector(costs, "costs")
+    if c.size != qv.size:
+        raise ValueError(f"costs: needs one entry per layer ({qv.size}), got {c.size}")
+    if np.any(c <= 0):
+        raise ValueError(f"costs: must be > 0, got {c}")
+    c = c / c.min()                         # in units of the cheapest layer's expert
+    return qv, total, budget_scaling * c, budget_scaling * total
+
+
+def mdl(q, total: int, *, alpha: float = 1.0, beta: float = 0.9, gamma: float = 0.5, n_min: int = 1,
+        costs=None, budget_scaling: float = 0.0276) -> np.ndarray:
+    """Algorithm 1 with the budget spent (Σ c_k n_k = B, see the module docstring): the exact integer
+    optimum (equal costs) of Σ β q_k^γ log(1 + n_k) under the budget, through
+    `mdlcap.programs.allocate_integer(..., spend_all=True)` (the linear price α Σ c n is the
+    constant α B once the whole budget is spent, so it does not move the counts)."""
+    from .programs import allocate_integer
+
+    qv, total, c, budget = _mdl_inputs(q, total, costs, budget_scaling, n_min)
+    res = allocate_integer(qv, c, budget, alpha=alpha, beta=beta, gamma=gamma, n_min=n_min, spend_all=True)
+    counts = np.asarray(res.counts, dtype=int)
+    if costs is None and counts.sum() != total:
+        raise RuntimeError(f"allocate_integer spent {counts.sum()} of {total} experts with spend_all=True")
+    return counts
+
+
+def mdl_literal(q, total: int, *, alpha: float = 1.0, beta: float = 0.9, gamma: float = 0.5,
+                budget_scaling: float = 0.0276, n_min: int = 1, costs=None) -> np.ndarray:
+    """The literal inequality program (Eq 11) with the paper's constants: may spend less than
+    `total` when the budget does not bind."""
+    from .programs import allocate_integer
+
+    qv, total, c, budget = _mdl_inputs(q, total, costs, budget_scaling, n_min)
+    res = allocate_integer(qv, c, budget, alpha=alpha, beta=beta, gamma=gamma, n_min=n_min)
+    return np.asarray(res.counts, dtype=int)
+
+
+def literal_unconstrained_total(q, *, alpha: float = 1.0, beta: float = 0.9, gamma: float = 0.5,
+                                budget_scaling: float = 0.0276) -> float:
+    """Σ_k max(0, β q_k^γ / (α s) - 1): experts the literal program wants before the budget (Eq 12
+    at μ = 0); the budget binds iff this exceeds `total`."""
+    qv = _as_vector(q, "q")
+    if np.any(qv < 0) or qv.sum() <= 0:
+        raise ValueError(f"q: must be >= 0 and not all zero, got {qv}")
+    qv = qv / qv.sum()
+    return float(np.maximum(0.0, beta * qv ** gamma / (alpha * budget_scaling) - 1.0).sum())
