@@ -99,19 +99,32 @@ class ScoringParams:
 
 @dataclass
 class AllocationParams:
+    """Notebook 03: LoRA-MoE expert counts (and LoRA ranks) per layer, fine-tuned per task."""
     total_experts: int = 20              # paper: 160 over 32 layers (5 per layer)
-    alpha: float = 1.0
+    alpha: float = 1.0                   # Algorithm 1 (paper Table 3); see mdlcap.allocation_baselines
     beta: float = 0.9
     gamma: float = 0.5
-    budget_scaling: float = 0.0276
+    budget_scaling: float = 0.0276       # cost of one expert in "standard layers" (Mistral 0.0276)
     n_min: int = 1
+    methods: list[str] = field(default_factory=lambda: [
+        "uniform", "mola", "layerif_all", "mdl_layerif_all", "layerif_pos", "mdl_layerif_pos", "mdl_cg_ggn"])
+    layerif_exponent: float = 3.0        # LayerIF's power on (max - score) (its walk-through: 3)
+    alphalora_exponent: float = 2.5      # AlphaLoRA's power on the layer PL-alpha
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     epochs: int = 1
     lr: float = 2e-4
     lora_r: int = 8
     lora_alpha: int = 16
+    top_k: int = 2                       # router top-k where a layer has > 1 expert (MoLA)
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    aux_loss_coef: float = 0.01          # load-balancing loss weight (Switch/MoLA style)
     batch_size: int = 16
-    max_train: int | None = None
+    max_len: int = 128                   # tokens per example (query + answer)
+    max_train: int | None = None         # cap on training examples per task
+    eval_limit: int | None = None        # lm-eval `limit` on each task's test split
+    rank_experiment: bool = True         # also LoRA ranks per layer (Algorithm 1, capacity = rank)
+    rank_methods: list[str] = field(default_factory=lambda: ["uniform", "mdl_cg_ggn", "mdl_layerif_pos"])
 
 
 @dataclass
@@ -274,6 +287,18 @@ def _check_values(p: Params, src: str) -> None:
     need(p.pruning.target <= p.pruning.rho_max, "pruning.target", "must not exceed pruning.rho_max (infeasible)")
     need(p.scoring.damping > 0, "scoring.damping", "must be > 0")
     need(p.allocation.total_experts > 0, "allocation.total_experts", "must be > 0")
+    need(p.allocation.n_min >= 0, "allocation.n_min", "must be >= 0")
+    need(p.allocation.top_k >= 1, "allocation.top_k", "must be >= 1")
+    need(p.allocation.lora_r >= 1, "allocation.lora_r", "must be >= 1")
+    need(p.allocation.epochs >= 1, "allocation.epochs", "must be >= 1")
+    need(len(p.allocation.seeds) >= 1, "allocation.seeds", "must list at least one seed")
+    need(p.allocation.budget_scaling > 0, "allocation.budget_scaling", "must be > 0")
+    need(len(p.allocation.target_modules) >= 1, "allocation.target_modules", "must name at least one projection")
+    _alloc_methods = ("uniform", "mola", "alphalora", "layerif_all", "layerif_pos", "mdl_layerif_all",
+                      "mdl_layerif_pos", "mdl_cg_ggn", "mdl_cg_hessian", "mdl_diag_fisher", "mdl_kfac",
+                      "mdl_ekfac", "mdl_grad_norm")
+    for _m in p.allocation.methods + p.allocation.rank_methods:
+        need(_m in _alloc_methods, "allocation.methods", f"entries must be among {list(_alloc_methods)}, got {_m!r}")
     need(p.launch.num_processes >= 1, "launch.num_processes", "must be >= 1")
     need(p.transfer.n_instances >= 1, "transfer.n_instances", "must be >= 1")
     need(p.transfer.K >= 2, "transfer.K", "must be >= 2")
