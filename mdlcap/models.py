@@ -2,13 +2,67 @@
 hub models, both loaded by the same `AutoModelForCausalLM.from_pretrained` call.
 
 Shared helpers every experiment uses:
+  load(params, device=None) (model, tokenizer) for the params' model: the embedded default
+                            (built and cached by mdlcap.pretrain on first use) or a hub id/local dir
+  resolve_path(params)      what `from_pretrained` is given for these params
   decoder_layers(model)     the list of decoder layers of a HF decoder (Mistral, Gemma, Llama, ...)
   random_model(**config)    a randomly initialised small Mistral for tests (no download)
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_path(params, progress: bool = True) -> str:
+    """The path or hub id handed to `from_pretrained`: the cached default model (built first if
+    needed) when `model.name_or_path` is "default", else the params' hub id or local folder."""
+    if params.uses_default_model:
+        from . import pretrain
+        return str(pretrain.build(params, progress=progress))
+    return params.model.name_or_path
+
+
+def _device(params, device):
+    """None -> params.run.device ("auto": cuda if available); under accelerate/torchrun each
+    process takes the GPU of its LOCAL_RANK. "auto" as an argument shards over all GPUs."""
+    if device is not None:
+        return device
+    from .run import resolve_device
+    dev = resolve_device(params)
+    if dev == "cuda" and "LOCAL_RANK" in os.environ:
+        dev = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return dev
+
+
+def load(params, device: str | None = None, progress: bool = True):
+    """(model, tokenizer) for the params' model, in eval mode, on `device`.
+
+    Always goes through `AutoModelForCausalLM.from_pretrained(..., use_safetensors=True)`, the
+    same call for the embedded default as for Mistral-7B or Gemma-7B; `trust_remote_code`
+    comes from the params (default False). device="auto" hands placement to accelerate
+    (`device_map="auto"`, one copy sharded over the visible GPUs)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_path(params, progress=progress)
+    dev = _device(params, device)
+    kw = dict(use_safetensors=True, trust_remote_code=params.model.trust_remote_code,
+              revision=params.model.revision, dtype=DTYPES[params.model.dtype])
+    if dev == "auto":
+        kw["device_map"] = "auto"
+    model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=params.model.trust_remote_code,
+                                              revision=params.model.revision)
+    if tokenizer.pad_token is None:            # Mistral/Gemma hub tokenizers: pad with EOS
+        tokenizer.pad_token = tokenizer.eos_token
+    if dev != "auto":
+        model.to(dev)
+    model.eval()
+    return model, tokenizer
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
