@@ -457,12 +457,12 @@ def _solve_tau_exact(a, N, rho_max, target, total):
     order = np.argsort(beta, kind="stable")
     b_s, N_s, Na_s = beta[order], N[order], (N * a)[order]
     C = np.concatenate(([0.0], np.cumsum(N_s)))            # Σ N of the first j (clipped)
-    A = np.concatenate(([0.0], np.cumsum(Na_s)))
-    A_tot = A[-1]
+    F = np.concatenate((np.cumsum(Na_s[::-1])[::-1], [0.0]))  # Σ N a of the rest (free), as a
+    # suffix sum: A_tot − prefix would cancel when the clipped layers dominate Σ N a
     # sparsity at breakpoint j (the first j-1 clipped, j just reaching ρ_max)
-    at_bp = (rho_max * C[:-1] + b_s * (A_tot - A[:-1])) / total
+    at_bp = (rho_max * C[:-1] + b_s * F[:-1]) / total
     j = int(np.count_nonzero(at_bp < target))
-    free = A_tot - A[j]
+    free = F[j]
     if free <= 0:                                          # every layer clipped: target = ρ_max
         return float(b_s[-1])
     return float((target * total - rho_max * C[j]) / free)
@@ -511,12 +511,12 @@ def prune(q, sizes, target, *, bits=16.0, lam=2.0, gamma=1.0, rho_max=1.0, equal
         tau = bits                                           # ν = 0: unconstrained optimum meets s
     elif method == "exact":
         tau = _solve_tau_exact(a, N, rho_max, target, total)
-        if not equality:
-            tau = max(tau, bits)
     else:
         hi = float(np.max(rho_max / a))                      # every layer at ρ_max beyond this (§3.2)
         lo = max(0.0 if equality else bits, target * total / float(np.dot(N, a)))
         tau, iters = _solve_tau_bisection(a, N, rho_max, target, total, min(lo, hi), hi, tol)
+    if not equality:
+        tau = max(tau, bits)                                 # ν ≥ 0 (rounding at target = ρ_max)
     nu = tau - bits
     rho = np.clip(tau * a, 0.0, rho_max)                     # Eq 15
     obj = float(bits * np.dot(N, 1.0 - rho) + lam * np.dot(pen, rho * rho))

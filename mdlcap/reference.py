@@ -20,6 +20,7 @@ solver well conditioned; we do exactly that and report the duals in the original
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,10 +33,33 @@ SOLVER = "CLARABEL"
 TIGHT = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12, "max_iter": 400}
 
 
-def _solve(prob, solver, solver_opts):
-    opts = dict(TIGHT) if solver == "CLARABEL" else {}
-    opts.update(solver_opts)
-    prob.solve(solver=solver, **opts)
+def _solve(prob, solver, solver_opts) -> str:
+    """Solve; if CLARABEL at tight tolerances fails or is inaccurate, retry at its defaults,
+    then with SCS at high accuracy. Returns the solver route taken (kept in the result).
+
+    Interior-point methods can stall near the n_k = 0 boundary when only a few of many layers
+    are active; the retries keep the reference usable there, and the route says how it was
+    obtained so a reader can weigh the comparison.
+    """
+    import cvxpy as cp
+
+    tries = [(solver, {**(TIGHT if solver == "CLARABEL" else {}), **solver_opts})]
+    if solver == "CLARABEL" and not solver_opts:
+        tries += [("CLARABEL", {}), ("SCS", {"eps_abs": 1e-10, "eps_rel": 1e-10, "max_iters": 200_000})]
+    route = "failed"
+    for i, (name, opts) in enumerate(tries):
+        label = name + ("" if i == 0 else f" (retry {i})")
+        try:
+            with warnings.catch_warnings():                  # "may be inaccurate": we retry instead
+                warnings.simplefilter("ignore", UserWarning)
+                prob.solve(solver=name, **opts)
+        except cp.error.SolverError:
+            route = f"{label}: solver error"
+            continue
+        route = label
+        if prob.status == cp.OPTIMAL:
+            break
+    return route
 
 
 @dataclass
@@ -43,8 +67,9 @@ class ReferenceResult:
     x: np.ndarray                # n (allocation) or ρ (pruning)
     dual: float                  # μ or ν, in the units of the paper's program
     objective: float             # the paper's objective (Eq 11 or Eq 14), recomputed at x
-    status: str
+    status: str                  # cvxpy status ("optimal", "optimal_inaccurate", ...)
     solve_time: float            # seconds inside the solver (cvxpy's solver_stats)
+    route: str = SOLVER          # solver that produced it (after retries, see _solve)
 
 
 def allocate_cvxpy(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, solver=SOLVER,
@@ -59,12 +84,13 @@ def allocate_cvxpy(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, solver=SO
     budget_con = c @ n <= budget
     scale = max(float(w.sum()), 1e-300)          # objective / Σw: same minimiser, O(1) numbers
     prob = cp.Problem(cp.Minimize((alpha * (c @ n) - w @ cp.log1p(n)) / scale), [budget_con])
-    _solve(prob, solver, solver_opts)
+    route = _solve(prob, solver, solver_opts)
     x = np.maximum(np.asarray(n.value, float), 0.0)
     mu = float(budget_con.dual_value) * scale
     return ReferenceResult(x=x, dual=mu,
                            objective=P.allocation_objective(x, q, c, alpha=alpha, beta=beta, gamma=gamma),
-                           status=prob.status, solve_time=float(prob.solver_stats.solve_time or np.nan))
+                           status=prob.status, solve_time=float(prob.solver_stats.solve_time or np.nan),
+                           route=route)
 
 
 def prune_cvxpy(q, sizes, target, *, bits=16.0, lam=2.0, gamma=1.0, rho_max=1.0, equality=False,
@@ -82,7 +108,7 @@ def prune_cvxpy(q, sizes, target, *, bits=16.0, lam=2.0, gamma=1.0, rho_max=1.0,
     scale = bits * total + float(pen.sum())
     obj = (bits * (N @ (1 - rho)) + cp.sum(cp.multiply(pen, cp.square(rho)))) / scale
     prob = cp.Problem(cp.Minimize(obj), [con, rho >= 0, rho <= rho_max])
-    _solve(prob, solver, solver_opts)
+    route = _solve(prob, solver, solver_opts)
     x = np.clip(np.asarray(rho.value, float), 0.0, rho_max)
     # cvxpy's dual is for share @ ρ (≥ or =) in the scaled objective; back to ν of Eq 17,
     # whose constraint is Σ N ρ ≥ s Σ N: ν = dual · scale / ΣN (sign: cvxpy reports ≥ duals ≥ 0)
@@ -91,7 +117,8 @@ def prune_cvxpy(q, sizes, target, *, bits=16.0, lam=2.0, gamma=1.0, rho_max=1.0,
         dual = -dual                      # cvxpy's equality multiplier enters with the other sign
     return ReferenceResult(x=x, dual=dual,
                            objective=P.pruning_objective(x, q, N, bits=bits, lam=lam, gamma=gamma),
-                           status=prob.status, solve_time=float(prob.solver_stats.solve_time or np.nan))
+                           status=prob.status, solve_time=float(prob.solver_stats.solve_time or np.nan),
+                           route=route)
 
 
 def allocate_integer_milp(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, n_min=0,
