@@ -157,9 +157,23 @@ class PrecisionParams:
     models: list[str] = field(default_factory=lambda: ["mlp2", "mlp4", "cnn"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     epochs: int = 30
-    n_probes: int = 16
+    lr: float = 1e-3
+    batch_size: int = 64
+    max_train: int | None = None         # cap on training images (large local data sets on CPU)
+    n_probes: int = 16                   # Rademacher probes per batch for κ and the HAWQ trace
+    n_batches: int = 4                   # calibration batches for κ (proposal: 5-10)
+    power_iters: int = 50                # power iterations for L_i (proposal: 50)
     bit_choices: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
     n_random: int = 100
+    n_eps: int = 15                      # ε_target sweep: n_eps values, log-spaced ...
+    eps_rel_range: list[float] = field(default_factory=lambda: [1e-3, 3.0])   # ... × median ‖F(x)‖
+    avg_bits_targets: list[float] = field(default_factory=lambda: [4, 5, 6, 7, 8, 10, 12, 16, 20, 24, 32])
+    quantize_activations: bool = True    # the proposal quantises layer inputs at p_i too
+    eps0: float = 0.0                    # input error ε_0 of the composition (inputs kept exact)
+    mdl_alpha: float = 0.01              # §2 program for the MDL bits baseline (capacity = bits)
+    mdl_beta: float = 1.0
+    mdl_gamma: float = 0.5
+    kappa_factor: float = 2.0            # robustness ablation: κ off by this factor
 
 
 @dataclass
@@ -300,6 +314,13 @@ def _check_values(p: Params, src: str) -> None:
     for _m in p.allocation.methods + p.allocation.rank_methods:
         need(_m in _alloc_methods, "allocation.methods", f"entries must be among {list(_alloc_methods)}, got {_m!r}")
     need(p.launch.num_processes >= 1, "launch.num_processes", "must be >= 1")
+    need(p.precision.dataset in ("digits", "mnist", "fashion_mnist", "cifar10", "svhn"), "precision.dataset",
+         "must be one of digits, mnist, fashion_mnist, cifar10, svhn")
+    need(all(2 <= b <= 32 for b in p.precision.bit_choices) and p.precision.bit_choices == sorted(set(p.precision.bit_choices)),
+         "precision.bit_choices", "must be increasing distinct integers in [2, 32]")
+    need(len(p.precision.eps_rel_range) == 2 and 0 < p.precision.eps_rel_range[0] < p.precision.eps_rel_range[1],
+         "precision.eps_rel_range", "must be [lo, hi] with 0 < lo < hi")
+    need(p.precision.n_eps >= 1 and p.precision.n_random >= 1, "precision.n_eps", "and n_random must be >= 1")
     need(p.transfer.n_instances >= 1, "transfer.n_instances", "must be >= 1")
     need(p.transfer.K >= 2, "transfer.K", "must be >= 2")
     need(p.transfer.n_sweep >= 1, "transfer.n_sweep", "must be >= 1")
