@@ -148,6 +148,7 @@ class TransferParams:
     n_sweep: int = 3                     # instances per regime in the regret-vs-δ sweep
     n_max: Literal["solutions", "bracket"] = "solutions"   # allocation box for μ (see mdlcap.transfer)
     methods: list[str] = field(default_factory=lambda: ["cg_ggn", "layerif_all"])  # scores.csv methods
+    adversarial_steps: int = 1000        # hill-climbing moves per start in the counterexample search
 
 
 @dataclass
@@ -324,6 +325,7 @@ def _check_values(p: Params, src: str) -> None:
     need(p.transfer.n_instances >= 1, "transfer.n_instances", "must be >= 1")
     need(p.transfer.K >= 2, "transfer.K", "must be >= 2")
     need(p.transfer.n_sweep >= 1, "transfer.n_sweep", "must be >= 1")
+    need(p.transfer.adversarial_steps >= 1, "transfer.adversarial_steps", "must be >= 1")
     need(len(p.transfer.deltas) >= 2 and all(d > 0 for d in p.transfer.deltas), "transfer.deltas",
          "must hold at least two values > 0")
     need(p.model.architecture.num_attention_heads % p.model.architecture.num_key_value_heads == 0,
