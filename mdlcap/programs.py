@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Mapping
 
 import numpy as np
@@ -45,19 +46,21 @@ def _vector(x, name: str, *, positive: bool = False, allow_scalar_len: int | Non
         a = np.full(allow_scalar_len, float(a))
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"{name}: must be a non-empty 1-D array (got shape {a.shape})")
+    mn = a.min()                                  # NaN propagates into min, inf into the sum:
+    if (mn > 0 if positive else mn >= 0) and math.isfinite(a.sum()):   # two reductions, fast path
+        return a
     if not np.isfinite(a).all():
         raise ValueError(f"{name}: must be finite (found NaN or inf)")
-    if positive:
-        if not (a > 0).all():
-            raise ValueError(f"{name}: every entry must be > 0 (min is {a.min():g})")
-    elif (a < 0).any():
-        raise ValueError(f"{name}: every entry must be >= 0 (min is {a.min():g})")
-    return a
+    if positive and not mn > 0:
+        raise ValueError(f"{name}: every entry must be > 0 (min is {mn:g})")
+    if mn < 0:
+        raise ValueError(f"{name}: every entry must be >= 0 (min is {mn:g})")
+    raise ValueError(f"{name}: entries too large (their sum overflows)")
 
 
 def _scores(q, name: str = "q") -> np.ndarray:
     a = _vector(q, name)
-    if not a.any():
+    if not a.sum() > 0:
         raise ValueError(f"{name}: must not be all zero (scores need some positive gain)")
     return a
 
@@ -114,14 +117,29 @@ def scores_from_gains(zeta2):
 # --------------------------------------------------------------------------- allocation (Eq 11–13)
 @dataclass
 class AllocationResult:
-    """Continuous allocation n (Eq 13), dual μ of the budget, and checks."""
+    """Continuous allocation n (Eq 13), dual μ of the budget, and checks.
+
+    `objective` (Eq 11 value Σ α c n − β Σ q^γ log(1+n)) and `kkt_residual` (see allocation_kkt)
+    are computed on first access, so a caller who only needs n pays nothing for them.
+    """
     n: np.ndarray
     mu: float
     active: bool                 # budget constraint binding (μ > 0)
-    objective: float             # Eq 11 value: Σ α c n − β Σ q^γ log(1+n)
-    kkt_residual: float          # see allocation_kkt
     method: str
     iterations: int = 0          # multisection rounds (0 for exact / unconstrained)
+    problem: dict = field(default_factory=dict, repr=False, compare=False)   # inputs, for the checks
+
+    @cached_property
+    def objective(self) -> float:
+        return allocation_objective(self.n, **_pick(self.problem, "q", "cost", "alpha", "beta", "gamma"))
+
+    @cached_property
+    def kkt_residual(self) -> float:
+        return allocation_kkt(self.n, self.mu, **self.problem)
+
+
+def _pick(d: dict, *keys):
+    return {k: d[k] for k in keys}
 
 
 def allocation_objective(n, q, cost, *, alpha=1.0, beta=1.0, gamma=0.5) -> float:
@@ -163,7 +181,7 @@ def _allocation_inputs(q, cost, budget, alpha, beta, gamma):
     beta = _scalar(beta, "beta", lo=0.0, lo_open=True)
     gamma = _scalar(gamma, "gamma", lo=0.0)
     w = beta * q ** gamma                                   # benefit weight β q_k^γ
-    if not np.isfinite(w).all():
+    if not math.isfinite(w.sum()):
         raise ValueError("gamma: beta * q**gamma overflows; use a smaller gamma")
     return q, c, budget, alpha, beta, gamma, w
 
@@ -264,7 +282,7 @@ def allocate(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, tol=1e-12,
     _check_method(method)
     tol = _check_tol(tol)
     q, c, budget, alpha, beta, gamma, w = _allocation_inputs(q, cost, budget, alpha, beta, gamma)
-    if not w.any():
+    if not w.sum() > 0:
         raise ValueError("q: beta * q**gamma is zero everywhere (no layer has any benefit)")
     iters = 0
     if alpha > 0 and _spend(alpha, w, c) <= budget:          # μ = 0: unconstrained optimum fits
@@ -277,10 +295,8 @@ def allocate(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, tol=1e-12,
         lam, iters = _solve_lambda_bisection(w, c, budget, lo, hi, tol) if lo < hi else (hi, 0)
     mu = max(0.0, lam - alpha)
     n = np.maximum(w / (lam * c) - 1.0, 0.0)                 # Eq 13
-    obj = float(alpha * np.dot(c, n) - np.dot(w, np.log1p(n)))
-    kkt = allocation_kkt(n, mu, q, c, budget, alpha=alpha, beta=beta, gamma=gamma)
-    return AllocationResult(n=n, mu=mu, active=mu > 0, objective=obj, kkt_residual=kkt,
-                            method=method, iterations=iters)
+    return AllocationResult(n=n, mu=mu, active=mu > 0, method=method, iterations=iters,
+                            problem=dict(q=q, cost=c, budget=budget, alpha=alpha, beta=beta, gamma=gamma))
 
 
 # --------------------------------------------------------------------------- integer allocation
@@ -382,15 +398,26 @@ def allocate_integer(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, n_min=0
 # --------------------------------------------------------------------------- pruning (Eq 14–15)
 @dataclass
 class PruningResult:
-    """Pruning ratios ρ (Eq 15), dual ν of the sparsity target, and checks."""
+    """Pruning ratios ρ (Eq 15), dual ν of the sparsity target, and checks.
+
+    `objective` (Eq 14 value Σ b N (1−ρ) + λ Σ q^γ ρ²) and `kkt_residual` (see pruning_kkt) are
+    computed on first access.
+    """
     rho: np.ndarray
     nu: float
     active: bool                 # target binding (ν ≠ 0; always True for equality=True with target > 0)
-    objective: float             # Eq 14 value: Σ b N (1−ρ) + λ Σ q^γ ρ²
-    kkt_residual: float          # see pruning_kkt
     method: str
     iterations: int = 0
     tau: float = float("nan")    # b + ν, kept separately: with raw N_k, ν ≈ −b and b + ν cancels
+    problem: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @cached_property
+    def objective(self) -> float:
+        return pruning_objective(self.rho, **_pick(self.problem, "q", "sizes", "bits", "lam", "gamma"))
+
+    @cached_property
+    def kkt_residual(self) -> float:
+        return pruning_kkt(self.rho, self.nu, **self.problem, tau=self.tau)
 
 
 def pruning_objective(rho, q, sizes, *, bits=16.0, lam=2.0, gamma=1.0) -> float:
@@ -496,12 +523,12 @@ def prune(q, sizes, target, *, bits=16.0, lam=2.0, gamma=1.0, rho_max=1.0, equal
     if target > rho_max:
         raise ValueError(f"target: {target:g} > rho_max {rho_max:g} is infeasible "
                          "(even pruning every layer at rho_max misses it)")
-    if gamma > 0 and not (q > 0).all():
+    if gamma > 0 and not q.min() > 0:
         raise ValueError("q: every q_k must be > 0 when gamma > 0 (a zero score removes the "
                          "degradation penalty and the program is no longer strongly convex)")
     pen = q ** gamma
     a = N / (2.0 * lam * pen)                                # ρ_k(τ) = τ a_k before clipping
-    if not np.isfinite(a).all():
+    if not math.isfinite(a.sum()):
         raise ValueError("q: q**gamma underflows to zero; scores are too small for this gamma")
     total = float(N.sum())
     iters = 0
@@ -519,9 +546,7 @@ def prune(q, sizes, target, *, bits=16.0, lam=2.0, gamma=1.0, rho_max=1.0, equal
         tau = max(tau, bits)                                 # ν ≥ 0 (rounding at target = ρ_max)
     nu = tau - bits
     rho = np.clip(tau * a, 0.0, rho_max)                     # Eq 15
-    obj = float(bits * np.dot(N, 1.0 - rho) + lam * np.dot(pen, rho * rho))
-    kkt = pruning_kkt(rho, nu, q, N, target, bits=bits, lam=lam, gamma=gamma, rho_max=rho_max,
-                      equality=equality, tau=tau)
     active = (nu != 0.0) if not equality else target > 0
-    return PruningResult(rho=rho, nu=nu, active=bool(active), objective=obj, kkt_residual=kkt,
-                         method=method, iterations=iters, tau=tau)
+    return PruningResult(rho=rho, nu=nu, active=bool(active), method=method, iterations=iters, tau=tau,
+                         problem=dict(q=q, sizes=N, target=target, bits=bits, lam=lam, gamma=gamma,
+                                      rho_max=rho_max, equality=equality))
