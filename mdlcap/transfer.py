@@ -598,9 +598,11 @@ def real_variants(params, n_layers: int) -> dict[str, tuple[str, dict]]:
     Layers of a uniform decoder have equal sizes and equal expert costs, so costs and sizes are
     constant vectors (normalised units). Allocation follows the paper literally (α, β, γ of
     params; costs = budget_scaling, budget = budget_scaling × total_experts, as
-    `allocation_baselines.mdl_literal`), and with α = 0 (the budget is always spent). Pruning
-    follows the paper's inequality target, where ρ(0) ≫ ρ_max makes every layer clip (SPEC §3's
-    warning: regret is then identically 0), and the non-degenerate equality-target variant.
+    `allocation_baselines.mdl_literal`). With equal costs and a binding budget α drops out of the
+    regret (Σ n = total_experts at both solutions), so α = 0 would give the same numbers.
+    Pruning follows the paper's inequality target, where ρ(0) ≫ ρ_max makes every layer clip
+    (SPEC §3's warning: regret is then identically 0), and the non-degenerate equality-target
+    variant.
     """
     a, p = params.allocation, params.pruning
     ones = np.ones(n_layers)
@@ -608,8 +610,6 @@ def real_variants(params, n_layers: int) -> dict[str, tuple[str, dict]]:
         "allocate: paper (alpha, cost=budget_scaling)": ("allocate", {
             "cost": a.budget_scaling * ones, "budget": a.budget_scaling * a.total_experts,
             "alpha": a.alpha, "beta": a.beta, "gamma": a.gamma}),
-        "allocate: alpha=0 (spend budget)": ("allocate", {
-            "cost": ones, "budget": float(a.total_experts), "alpha": 0.0, "beta": a.beta, "gamma": a.gamma}),
         "prune: paper (>= target)": ("prune", {
             "sizes": ones, "target": p.target, "bits": p.bits, "lam": p.lam, "gamma": p.gamma,
             "rho_max": p.rho_max, "equality": False}),
@@ -640,4 +640,56 @@ def task_pairs(q_by_task: dict[str, np.ndarray], program: str, n_max: Any = "sol
                 rows.append({**row, "error": str(e)})
                 continue
             rows.append({**row, **_row(program, tr), "error": ""})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- adversarial search
+_POSITIVE_ARGS = {"allocate": ("beta", "gamma", "budget"), "prune": ("lam", "gamma", "target", "rho_max")}
+
+
+def _perturb(program: str, q_s: np.ndarray, q_t: np.ndarray, args: dict, rng: np.random.Generator, step: float):
+    """Random multiplicative move of both score vectors and of the program's scalar arguments."""
+    def move(q):
+        w = np.log(q) + step * rng.standard_normal(q.size)
+        w = np.exp(w - w.max())
+        return w / w.sum()
+    a = dict(args)
+    for k in _POSITIVE_ARGS[program]:
+        a[k] = float(a[k] * np.exp(step * rng.standard_normal()))
+    if program == "prune":
+        a["rho_max"] = float(min(a["rho_max"], 1.0))
+        a["target"] = float(min(a["target"], a["rho_max"]))
+    return move(q_s), move(q_t), a
+
+
+def adversarial_search(program: str, starts, steps: int = 300, seed: int = 0, step: float = 0.3):
+    """Hill-climb regret / Eq 21 from the given starting instances (rows of `search`, with their
+    q_source, q_target and args): a move of the scores and scalar arguments is kept when it raises
+    the ratio. A counterexample search that does not rely on luck; one row per start with the best
+    ratio found, its regime and its inputs."""
+    import pandas as pd
+
+    _check_program(program)
+    if not (isinstance(steps, (int, np.integer)) and steps >= 1):
+        raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _, r in starts.iterrows():
+        q_s, q_t = np.asarray(r["q_source"], float), np.asarray(r["q_target"], float)
+        args = {k: (np.asarray(v, float) if isinstance(v, list) else v) for k, v in r["args"].items()}
+        best = evaluate(program, q_s, q_t, **args)
+        start_ratio = best.ratio
+        for _ in range(steps):
+            try:
+                # step sizes log-uniform over two decades: coarse moves explore, fine ones refine
+                cand = _perturb(program, q_s, q_t, args, rng, step * 10 ** -rng.uniform(0, 2))
+                tr = evaluate(program, cand[0], cand[1], **cand[2])
+            except ValueError:
+                continue                     # the move left the programs' domain (e.g. target > ρ_max)
+            if np.isfinite(tr.ratio) and tr.ratio > best.ratio:
+                q_s, q_t, args, best = cand[0], cand[1], cand[2], tr
+        rows.append({"program": program, "start_instance": r.get("instance"), "start_regime": r["regime"],
+                     "start_ratio": start_ratio, **_row(program, best),
+                     "q_source": q_s.tolist(), "q_target": q_t.tolist(),
+                     "args": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in args.items()}})
     return pd.DataFrame(rows)
