@@ -137,6 +137,17 @@ class PruningParams:
     pruners: list[str] = field(default_factory=lambda: ["magnitude", "wanda", "sparsegpt"])
     sweep: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
     layerif_epsilon: float = 0.1
+    score_methods: list[str] = field(default_factory=lambda: ["layerif_all", "layerif_pos", "cg_ggn"])
+    score_tasks: list[str] = field(default_factory=list)   # [] = every task in scores.csv
+    sweep_methods: list[str] = field(default_factory=lambda: ["uniform", "owl", "layerif", "mdl", "mdl_eq"])
+    sweep_pruner: str = "wanda"
+    nm_pruners: list[str] = field(default_factory=lambda: ["magnitude", "wanda", "sparsegpt"])  # 2:4 rows
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
+    sparsegpt_damp: float = 0.01
+    sparsegpt_blocksize: int = 128
+    calibration_sequences: int | None = None   # calibration sequences used for pruning (None: all)
+    eval_limit: int | None = None              # lm-eval limit per task for pruned models (None: data.zeroshot_limit)
 
 
 @dataclass
@@ -300,6 +311,19 @@ def _check_values(p: Params, src: str) -> None:
     need(0.0 < p.pruning.target < 1.0, "pruning.target", "must lie in (0, 1)")
     need(0.0 < p.pruning.rho_max <= 1.0, "pruning.rho_max", "must lie in (0, 1]")
     need(p.pruning.target <= p.pruning.rho_max, "pruning.target", "must not exceed pruning.rho_max (infeasible)")
+    pr = p.pruning
+    known = ("magnitude", "wanda", "sparsegpt")
+    need(bool(pr.pruners) and all(x in known for x in pr.pruners), "pruning.pruners", f"must be a non-empty subset of {list(known)}")
+    need(all(x in known for x in pr.nm_pruners), "pruning.nm_pruners", f"must be a subset of {list(known)}")
+    need(pr.sweep_pruner in known, "pruning.sweep_pruner", f"must be one of {list(known)}")
+    need(all(0.0 < x < 1.0 for x in pr.sweep), "pruning.sweep", "values must lie in (0, 1)")
+    need(all(x in ("uniform", "owl", "layerif", "mdl", "mdl_eq") for x in pr.sweep_methods), "pruning.sweep_methods",
+         "must be a subset of [uniform, owl, layerif, mdl, mdl_eq]")
+    need(0.0 <= pr.layerif_epsilon < 1.0, "pruning.layerif_epsilon", "must lie in [0, 1)")
+    need(pr.owl_lambda >= 0 and pr.owl_m > 0, "pruning.owl_lambda", "must be >= 0 (and owl_m > 0)")
+    need(pr.sparsegpt_damp > 0 and pr.sparsegpt_blocksize > 0, "pruning.sparsegpt_damp", "and sparsegpt_blocksize must be > 0")
+    need(pr.eval_limit is None or pr.eval_limit > 0, "pruning.eval_limit", "must be > 0 or null")
+    need(pr.calibration_sequences is None or pr.calibration_sequences > 0, "pruning.calibration_sequences", "must be > 0 or null")
     need(p.scoring.damping > 0, "scoring.damping", "must be > 0")
     need(p.allocation.total_experts > 0, "allocation.total_experts", "must be > 0")
     need(p.allocation.n_min >= 0, "allocation.n_min", "must be >= 0")

@@ -102,20 +102,34 @@ def _n_pruned(count: int, ratio: float) -> int:
 
 
 def _smallest_mask(metric: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the k smallest entries of a flat tensor (ties broken by index)."""
-    mask = torch.zeros(metric.numel(), dtype=torch.bool, device=metric.device)
-    if k > 0:
-        mask[torch.topk(metric.flatten(), k, largest=False).indices] = True
+    """Boolean mask of exactly k smallest entries of a tensor (ties at the threshold broken by
+    position). kthvalue + comparison is several times faster than topk for k ~ numel/2."""
+    flat = metric.flatten()
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=metric.device)
+    if k >= flat.numel():
+        mask[:] = True
+    elif k > 0:
+        thr = torch.kthvalue(flat.cpu() if flat.device.type == "mps" else flat, k).values.to(flat.device)
+        mask = flat < thr
+        need = k - int(mask.sum())
+        if need > 0:
+            mask[torch.nonzero(flat == thr).flatten()[:need]] = True
     return mask.view_as(metric)
 
 
 def _row_mask(metric: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Per output row, mark the round(ratio · in_features) smallest entries."""
-    k = _n_pruned(metric.shape[1], ratio)
-    mask = torch.zeros_like(metric, dtype=torch.bool)
-    if k > 0:
-        idx = torch.topk(metric, k, dim=1, largest=False).indices
-        mask.scatter_(1, idx, True)
+    """Per output row, mark exactly the round(ratio · in_features) smallest entries."""
+    rows, cols = metric.shape
+    k = _n_pruned(cols, ratio)
+    if k <= 0:
+        return torch.zeros_like(metric, dtype=torch.bool)
+    if k >= cols:
+        return torch.ones_like(metric, dtype=torch.bool)
+    thr = torch.kthvalue(metric, k, dim=1, keepdim=True).values
+    mask = metric < thr
+    if bool((mask.sum(1) != k).any()):          # ties at a row's threshold: exact per-row selection
+        mask = torch.zeros_like(metric, dtype=torch.bool)
+        mask.scatter_(1, torch.topk(metric, k, dim=1, largest=False).indices, True)
     return mask
 
 
@@ -203,12 +217,12 @@ def sparsegpt_prune_(weight: torch.Tensor, hessian: torch.Tensor, ratio: float, 
             q = w.clone()
             q[mask1[:, j]] = 0
             err = (w - q) / d[j]
-            loss += ((w - q) ** 2 / d[j] ** 2).sum() / 2
             W1[:, j:] -= err.unsqueeze(1) * U1[j, j:].unsqueeze(0)   # OBS update of later columns
             W1[:, j] = q
             Err1[:, j] = err
         W[:, i1:i2] = W1
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]                           # lazy batch update
+        loss += (Err1 ** 2).sum() / 2                               # Σ (w − q)² / U_jj² / 2
     weight.copy_(W.to(weight.dtype))
     return float(loss)
 
@@ -506,3 +520,115 @@ def outlier_ratios(model: nn.Module, batches: Iterable[dict], M: float = 5.0, pr
 
     layerwise(model, batches, visit, progress=progress, desc="OWL outliers")
     return np.array(out)
+
+
+# =========================================================================== experiment helpers
+class restore_weights:
+    """Context manager: snapshot every decoder layer's prunable weights (on CPU, so a 7B model
+    does not need a second copy on the GPU) and put them back on exit — one dense model serves
+    many pruning configurations."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.saved = [{n: m.weight.detach().to("cpu", copy=True) for n, m in prunable_linears(l).items()}
+                      for l in decoder_layers(self.model)]
+        return self.model
+
+    @torch.no_grad()
+    def __exit__(self, *exc):
+        for layer, saved in zip(decoder_layers(self.model), self.saved):
+            for n, m in prunable_linears(layer).items():
+                m.weight.copy_(saved[n].to(m.weight.device))
+        return False
+
+
+@torch.no_grad()
+def model_fingerprint(model: nn.Module) -> str:
+    """Short hash of every parameter's sum and sum of squares: the cache key's model identity."""
+    from .io import cache_key
+
+    sig = [(n, tuple(p.shape), round(float(p.double().sum()), 6), round(float(p.double().pow(2).sum()), 6))
+           for n, p in model.named_parameters()]
+    return cache_key(sig)
+
+
+def evaluate_config(model: nn.Module, ratios, pruner: str, *, calib_batches, evaluate: Callable[[nn.Module, bool], dict],
+                    cache_dir, key_extra: dict, need_accuracy: bool = True, nm=None, blocksize: int = 128,
+                    damp: float = 0.01, progress: bool = False) -> dict:
+    """Prune a copy-in-place of `model` with (ratios, pruner), evaluate it, restore the dense
+    weights. `evaluate(model, need_accuracy)` returns a dict (perplexity, accuracies). Results are
+    cached as JSON under `cache_dir`, keyed by everything that determines them (ratios rounded to
+    1e-9, pruner, n:m, calibration/evaluation settings in `key_extra`), so identical ratio vectors
+    from different methods are evaluated once and an interrupted run resumes."""
+    from .io import atomic_write_json, cache_key, read_json
+    from pathlib import Path
+
+    r = None if ratios is None else [round(float(x), 9) for x in np.asarray(ratios, float)]
+    key = cache_key({"pruner": pruner, "ratios": r, "nm": list(nm) if nm else None,
+                     "blocksize": blocksize, "damp": damp, **key_extra})
+    path = Path(cache_dir) / f"{key}.json"
+    if path.exists():
+        hit = read_json(path)
+        if hit.get("accuracy") is not None or not need_accuracy:
+            return hit
+    t0 = time.perf_counter()
+    with restore_weights(model):
+        if ratios is None and nm is None:          # the dense model
+            recs = [{"layer": i, "requested": 0.0, "measured": float(s), "seconds": 0.0}
+                    for i, s in enumerate(measured_sparsity(model))]
+        else:
+            recs = prune_model(model, ratios, pruner, calib_batches, nm=nm, blocksize=blocksize, damp=damp,
+                               progress=progress)
+        t_prune = time.perf_counter() - t0
+        ev = evaluate(model, need_accuracy)
+    sizes = layer_sizes(model)
+    measured = [rec["measured"] for rec in recs]
+    out = {"key": key, "pruner": pruner, "nm": list(nm) if nm else None,
+           "requested": [rec["requested"] for rec in recs], "measured": measured,
+           "global_sparsity": global_sparsity(measured, sizes),
+           "prune_seconds": t_prune, "eval_seconds": time.perf_counter() - t0 - t_prune,
+           "perplexity": ev.get("perplexity"), "accuracy": ev.get("accuracy")}
+    atomic_write_json(path, out)
+    return out
+
+
+def ratio_plan(scores, sizes, outliers, pp, target: float | None = None, rho_max: float | None = None,
+               methods: Sequence[str] = RATIO_METHODS):
+    """Per-layer ratios of every ratio method at one global target, as a long DataFrame
+    (ratio_method, score_method, score_task, layer, ratio).
+
+    `scores`: rows (task, method, layer, q) as from `mdlcap.curvature.load_scores`; `pp`: the
+    params' pruning section (bits, lam, gamma, rho_max, layerif_epsilon, owl_lambda). Score-free
+    methods (uniform, OWL) get score_method = score_task = "-". MDL runs as the paper states it
+    (raw N_k, inequality target, clip at ρ_max) and as the equality variant ("mdl_eq")."""
+    import pandas as pd
+
+    s = pp.target if target is None else float(target)
+    rmax = pp.rho_max if rho_max is None else float(rho_max)
+    N = np.asarray(sizes, dtype=float)
+    rows = []
+
+    def add(method, smethod, stask, r):
+        rows.extend({"ratio_method": method, "score_method": smethod, "score_task": stask, "layer": k,
+                     "ratio": float(v)} for k, v in enumerate(r))
+
+    if "uniform" in methods:
+        add("uniform", "-", "-", uniform_ratios(N, s))
+    if "owl" in methods and outliers is not None:
+        add("owl", "-", "-", owl_ratios(outliers, N, s, lam=pp.owl_lambda))
+    if scores is not None and len(scores):
+        for (smethod, stask), g in scores.groupby(["method", "task"], sort=False):
+            q = g.sort_values("layer")["q"].to_numpy(float)
+            if q.size != N.size:
+                raise ValueError(f"scores: {smethod}/{stask} has {q.size} layers, the model {N.size}")
+            if "layerif" in methods:
+                add("layerif", smethod, stask, layerif_ratios(q, N, s, epsilon=pp.layerif_epsilon))
+            if "mdl" in methods:
+                add("mdl", smethod, stask, mdl_ratios(q, N, s, bits=pp.bits, lam=pp.lam, gamma=pp.gamma,
+                                                      rho_max=rmax))
+            if "mdl_eq" in methods:
+                add("mdl_eq", smethod, stask, mdl_ratios(q, N, s, bits=pp.bits, lam=pp.lam, gamma=pp.gamma,
+                                                         rho_max=rmax, equality=True))
+    return pd.DataFrame(rows)

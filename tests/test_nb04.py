@@ -1,0 +1,65 @@
+"""Notebook 04 (pruning) end to end at smoke size; checks the values of the tables it writes."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, SMOKE, run_notebook
+from mdlcap import params as P
+
+pytestmark = pytest.mark.notebook
+
+
+@pytest.fixture(scope="module")
+def out(smoke_scores):
+    return run_notebook("04_pruning")
+
+
+def test_pruned_models_have_the_requested_sparsity(out):
+    pp = P.load(ROOT / SMOKE).pruning
+    df = pd.read_csv(out / "pruning_results.csv")
+    pruned = df[df.pruner != "dense"]
+    assert set(pruned.pruner) == set(pp.pruners)
+    assert {"uniform", "owl", "layerif", "mdl", "mdl_eq"} <= set(pruned.ratio_method)
+    # per layer: within one weight per row (Wanda; smallest in_features at smoke size is 64)
+    assert pruned["max_layer_dev"].max() <= 0.5 / 64 + 1e-9
+    assert np.allclose(pruned["measured_global"], pruned["requested_global"], atol=0.5 / 64)
+    at_target = pruned[pruned.ratio_method != "mdl"]
+    assert np.allclose(at_target["requested_global"], pp.target, atol=1e-9)
+    # the paper's MDL program clips every layer at rho_max (SPEC §3)
+    assert np.allclose(pruned[pruned.ratio_method == "mdl"]["requested_global"], pp.rho_max, atol=1e-9)
+    dense = df[df.pruner == "dense"].iloc[0]
+    assert dense["measured_global"] < 0.01
+
+
+def test_metrics_are_finite_and_in_range(out):
+    df = pd.read_csv(out / "pruning_results.csv")
+    assert np.all(np.isfinite(df["perplexity"])) and df["perplexity"].min() > 1
+    accs = df[[c for c in df.columns if c.startswith("acc_")] + ["mean_acc"]].to_numpy()
+    assert accs.shape[1] == 8 and np.all((accs >= 0) & (accs <= 1))
+    table = pd.read_csv(out / "table_accuracy.csv")
+    vals = table[["magnitude", "wanda", "sparsegpt"]].to_numpy()
+    assert np.all(np.isfinite(vals)) and np.all((vals >= 0) & (vals <= 100))
+    ppl = pd.read_csv(out / "table_perplexity.csv")[["magnitude", "wanda", "sparsegpt"]].to_numpy()
+    assert np.all(np.isfinite(ppl)) and ppl.min() > 1
+
+
+def test_ratios_degeneracy_sweep_and_two_four(out):
+    pp = P.load(ROOT / SMOKE).pruning
+    ratios = pd.read_csv(out / "ratios.csv")
+    assert ratios["ratio"].between(0, 1).all()
+    summ = pd.read_csv(out / "ratios_summary.csv")
+    assert np.allclose(summ[summ.ratio_method != "mdl"]["global_sparsity"], pp.target, atol=1e-9)
+    deg = pd.read_csv(out / "mdl_degeneracy.csv")
+    assert set(deg["model"]) == {"ours", "Mistral-7B", "Gemma-7B"}
+    assert (deg["spread"] < 1e-12).all() and (deg["nu"] == 0).all()
+    sweep = pd.read_csv(out / "sparsity_sweep.csv")
+    assert sorted(set(sweep["target"])) == sorted(pp.sweep)
+    assert np.all(np.isfinite(sweep["perplexity"]))
+    non_mdl = sweep[sweep.ratio_method != "mdl"]
+    assert np.allclose(non_mdl["measured_global"], non_mdl["target"], atol=0.5 / 64)
+    nm = pd.read_csv(out / "table_2of4.csv")
+    assert np.allclose(nm["measured_global"], 0.5) and nm["mean_acc"].between(0, 1).all()
+    assert (out / "layer_ratios.png").stat().st_size > 0 and (out / "sparsity_sweep.png").stat().st_size > 0
+    assert (out / "manifest.json").exists()
