@@ -58,7 +58,7 @@ GENERATED_FINETUNE = ("cola", "mrpc", "csqa", "obqa", "sciq")
 GENERATED_ZEROSHOT = ("rte", "openbookqa", "arc_easy", "arc_challenge", "hellaswag", "boolq", "winogrande")
 HELDOUT_FRACTION = 0.12
 CALIBRATION_FRACTION = 0.05
-MAX_DOCSTRING_CHARS = 2_500_000
+MAX_DOCSTRING_CHARS = 1_500_000
 
 
 # --------------------------------------------------------------------------- corpus
@@ -101,10 +101,13 @@ def _stdlib_docstrings(max_chars: int = MAX_DOCSTRING_CHARS) -> list[tuple[str, 
     return docs
 
 
-@lru_cache(maxsize=4)
-def corpus(seed: int = 0) -> dict[str, list[dict[str, str]]]:
-    """The text corpus split by paragraph: {"pretrain": [...], "heldout": [...]} of
-    {"source", "title", "text"} paragraphs. Deterministic for a seed and a Python version."""
+@lru_cache(maxsize=1)
+def _paragraphs() -> tuple[dict[str, str], ...]:
+    """Every paragraph of the corpus, in a fixed order: reference topics, then docstrings.
+    Parsing the standard library takes a while, so the result is cached on disk (git-ignored)."""
+    path = mio.cache_dir("corpus") / f"{corpus_version()}.jsonl"
+    if path.exists():
+        return tuple(_read_jsonl(path))
     paras: list[dict[str, str]] = []
     for title, text in _pydoc_topics():
         for p in re.split(r"\n\s*\n", text):
@@ -114,6 +117,15 @@ def corpus(seed: int = 0) -> dict[str, list[dict[str, str]]]:
         for p in re.split(r"\n\s*\n", d):
             if p.strip():
                 paras.append({"source": "docstring", "title": title, "text": p.strip("\n")})
+    _write_jsonl(path, paras)
+    return tuple(paras)
+
+
+@lru_cache(maxsize=4)
+def corpus(seed: int = 0) -> dict[str, list[dict[str, str]]]:
+    """The text corpus split by paragraph: {"pretrain", "calibration", "heldout"} lists of
+    {"source", "title", "text"} paragraphs. Deterministic for a seed and a Python version."""
+    paras = _paragraphs()
     rng = np.random.default_rng([seed, 1])
     u = rng.random(len(paras))
     held = u < HELDOUT_FRACTION
@@ -152,6 +164,7 @@ def _prose_sentences(paragraph: str) -> list[str]:
     return out
 
 
+@lru_cache(maxsize=16)
 def sentences(seed: int, split: str, source: str | None = None) -> list[dict[str, Any]]:
     """Prose sentences of a corpus split (each text once), with paragraph index and title."""
     out, seen = [], set()

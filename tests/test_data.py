@@ -1,0 +1,125 @@
+"""Generated task data: deterministic for a seed, the declared schema, disjoint splits, and
+batches whose loss falls on the gold answer only."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mdlcap import data as D
+from mdlcap import params as P
+
+SMOKE = "params/smoke.yaml"
+
+
+def _params(seed: int = 0, **data):
+    raw = {"data": {"seed": seed, "n_train": 24, "n_validation": 8, "n_test": 12, "n_calibration": 4,
+                    "n_heldout": 4, "calibration_seq_len": 64, **data}}
+    return P.from_dict(raw, f"<test seed={seed}>")
+
+
+def _check_schema(rows, task):
+    assert rows, task
+    for r in rows:
+        assert set(r) == {"id", "query", "choices", "label"}, (task, r)
+        assert isinstance(r["id"], str) and isinstance(r["query"], str) and r["query"].strip()
+        assert isinstance(r["choices"], list) and len(r["choices"]) >= 2
+        assert all(isinstance(c, str) and c.strip() for c in r["choices"])
+        assert len(set(r["choices"])) == len(r["choices"]), (task, r["choices"])
+        assert isinstance(r["label"], int) and 0 <= r["label"] < len(r["choices"])
+
+
+@pytest.mark.parametrize("task", D.GENERATED_FINETUNE)
+def test_finetune_generator_deterministic_schema_disjoint(task):
+    p = _params()
+    a, b = D._generate_finetune(task, p), D._generate_finetune(task, p)
+    assert a == b                                            # same seed -> same data
+    assert a != D._generate_finetune(task, _params(seed=1))  # another seed -> other data
+    sizes = {"train": 24, "validation": 8, "test": 12}
+    for split, rows in a.items():
+        assert len(rows) == sizes[split]
+        _check_schema(rows, task)
+    queries = {s: {r["query"] for r in rows} for s, rows in a.items()}
+    assert not queries["train"] & queries["test"]
+    assert not queries["train"] & queries["validation"]
+    assert not queries["validation"] & queries["test"]
+    labels = [r["label"] for r in a["train"]]
+    assert len(set(labels)) > 1                              # not a constant answer
+
+
+@pytest.mark.parametrize("task", D.GENERATED_ZEROSHOT)
+def test_zeroshot_generator_deterministic_schema(task):
+    p = _params()
+    a = D._generate_zeroshot(task, p)
+    assert a == D._generate_zeroshot(task, p)
+    assert a != D._generate_zeroshot(task, _params(seed=1))
+    assert len(a) == 12
+    _check_schema(a, task)
+
+
+def test_zeroshot_tasks_use_heldout_text_only():
+    """Zero-shot items come from held-out paragraphs, never from the pretraining split."""
+    pre = {s["text"] for s in D.sentences(0, "pretrain")}
+    held = D.sentences(0, "heldout")
+    assert held
+    hs = {s["text"] for s in held}
+    rows = D._generate_zeroshot("rte", _params())
+    # rte's premise is a whole held-out sentence
+    assert all(r["query"].split("\n")[0] in hs for r in rows)
+    assert not any(r["query"].split("\n")[0] in pre for r in rows)
+
+
+def test_ensure_load_task_texts_and_errors():
+    p = P.load(SMOKE)
+    root = D.ensure(p)
+    assert (root / "DONE").exists() and D.ensure(p) == root
+    for t in p.data.finetune_tasks:
+        _check_schema(D.load_task(p, t, "train"), t)
+    for t in p.data.zeroshot_tasks:
+        _check_schema(D.load_task(p, t, "test"), t)
+    cal, held = D.texts(p, "calibration"), D.texts(p, "heldout")
+    assert len(cal) == p.data.n_calibration and len(held) == p.data.n_heldout
+    assert not set(cal) & set(held)
+    with pytest.raises(ValueError, match="split"):
+        D.load_task(p, p.data.zeroshot_tasks[0], "train")
+    with pytest.raises(ValueError, match="task"):
+        D.load_task(p, "no_such_task", "test")
+    with pytest.raises(ValueError, match="split"):
+        D.texts(p, "train")
+
+
+def _toy_tokenizer():
+    from mdlcap.pretrain import train_tokenizer
+    return train_tokenizer(["the quick brown fox jumps over the lazy dog. yes no kitchen garden"] * 20, 300)
+
+
+def test_task_batches_loss_on_answer_only():
+    tok = _toy_tokenizer()
+    ex = [{"id": "a", "query": "the quick brown fox", "choices": ["no", "yes"], "label": 1},
+          {"id": "b", "query": "the lazy dog jumps over the quick brown fox", "choices": ["kitchen", "garden"],
+           "label": 0}]
+    (b,) = D.task_batches(tok, ex, batch_size=4)
+    assert b["input_ids"].shape == b["labels"].shape == b["attention_mask"].shape
+    for r, e in enumerate(ex):
+        ans = tok(" " + e["choices"][e["label"]], add_special_tokens=False)["input_ids"]
+        lab = b["labels"][r][b["labels"][r] != -100].tolist()
+        assert lab == ans                                   # only the gold answer is scored
+        n = int(b["attention_mask"][r].sum())
+        assert b["input_ids"][r, n - len(ans):n].tolist() == ans
+    from mdlcap.models import random_model
+    m = random_model(vocab_size=len(tok))
+    loss = m(**b).loss
+    assert math.isfinite(loss.item())
+    with pytest.raises(ValueError, match="batch_size"):
+        D.task_batches(tok, ex, batch_size=0)
+
+
+def test_lm_batches_windows():
+    tok = _toy_tokenizer()
+    batches = D.lm_batches(tok, ["the quick brown fox jumps over the lazy dog."] * 10, seq_len=16, batch_size=3)
+    assert all(b["input_ids"].shape[1] == 16 for b in batches)
+    assert all(torch.equal(b["input_ids"], b["labels"]) for b in batches)
+    assert sum(len(b["input_ids"]) for b in batches) >= 3
+    with pytest.raises(ValueError, match="seq_len"):
+        D.lm_batches(tok, ["x"], seq_len=1, batch_size=2)
