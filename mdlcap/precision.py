@@ -252,12 +252,12 @@ def local_lipschitz(stage: nn.Module, x: torch.Tensor, *, n_iter: int = 20, seed
     v = torch.randn(x.shape, generator=gen).to(x.device)
     dims = [1] * (x.ndim - 1)
     s = torch.zeros(len(x))
+    _, vjp = torch.func.vjp(stage, x)                      # linearisation point is fixed: build once
     for _ in range(n_iter):
         v = v / v.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *dims)
         _, jv = torch.func.jvp(stage, (x,), (v,))
-        _, vjp = torch.func.vjp(stage, x)
         (jtjv,) = vjp(jv)
-        s = jv.flatten(1).norm(dim=1)
+        s = jv.detach().flatten(1).norm(dim=1)
         v = jtjv
     return float(s.max())
 
@@ -510,7 +510,8 @@ def study_model(model: QuantNet, data: ImageData, stats: pd.DataFrame, cfg: Stud
     # how tight is the proposal's "lower bound" p*? compare with the bits each stage needs
     floors = []
     xin = model.stage_inputs(xv)
-    med_out = [float(model.stages[i](xin[i]).flatten(1).norm(dim=1).median()) for i in range(len(a))]
+    with torch.no_grad():
+        med_out = [float(model.stages[i](xin[i]).flatten(1).norm(dim=1).median()) for i in range(len(a))]
     kap_op = stats["kappa_op"].to_numpy(float)
     for r in cfg.floor_eps_rel:
         eps_i = r * np.asarray(med_out)
