@@ -265,13 +265,17 @@ class _Stop(Exception):
 
 @dataclass
 class LayerInputs:
-    """What decoder layer i receives for each calibration batch: hidden states, the other
-    positional/keyword arguments (rotary embeddings, attention mask, position ids, ...) and the
-    token weights (attention_mask of the batch, to leave padding out of the statistics)."""
+    """What the decoder layers receive for each calibration batch: layer 0's hidden states,
+    the other positional/keyword arguments (rotary embeddings, attention mask, position ids,
+    ...) for each attention type (`by_type[b][type]`; models such as Gemma-2 alternate sliding
+    and full masks) and the token weights (the batch's attention_mask, to leave padding out of
+    the statistics). `args`/`kwargs` are layer 0's."""
     hidden: list[torch.Tensor]
     args: list[tuple]
     kwargs: list[dict]
     token_weight: list[torch.Tensor | None] = field(default_factory=list)
+    by_type: list[dict] = field(default_factory=list)
+    layer_types: list = field(default_factory=list)
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -282,48 +286,69 @@ def _model_inputs(batch: dict) -> dict:
     return keep
 
 
+def layer_types(model: nn.Module) -> list:
+    """Attention type of each decoder layer (config.layer_types, else the layer's
+    `attention_type`, else None): layers of one type receive the same mask."""
+    layers = decoder_layers(model)
+    cfg = getattr(getattr(model, "config", None), "get_text_config", lambda: getattr(model, "config", None))()
+    types = getattr(cfg, "layer_types", None)
+    if types is not None and len(types) >= len(layers):
+        return list(types[:len(layers)])
+    return [getattr(l, "attention_type", None) for l in layers]
+
+
 @torch.no_grad()
 def capture_layer_inputs(model: nn.Module, batches: Iterable[dict]) -> LayerInputs:
-    """Run each batch up to decoder layer 0 and record exactly what that layer receives.
+    """Run each batch into the decoder and record exactly what the layers receive.
 
     The model's own forward builds the embeddings, rotary position embeddings and attention
-    mask (GQA, sliding windows, Gemma's embedding scale all handled by the model's code); a
-    forward pre-hook on layer 0 records them and stops the forward there."""
+    masks (GQA, sliding windows, Gemma's embedding scale are the model's code, not ours);
+    forward pre-hooks record layer 0's hidden states and, for the first layer of each attention
+    type, the remaining arguments, then stop the forward (after layer 0 for most models)."""
     layers = decoder_layers(model)
-    types = {getattr(l, "attention_type", None) for l in layers} | \
-        set(getattr(getattr(model, "config", None), "layer_types", None) or [])
-    if len(types - {None}) > 1:
-        raise NotImplementedError("model: layers use different attention masks "
-                                  f"({sorted(t for t in types if t)}); layer-by-layer calibration "
-                                  "reuses layer 0's mask and does not support this model yet")
+    types = layer_types(model)
+    first_of = {}
+    for i, t in enumerate(types):
+        first_of.setdefault(t, i)
     device = next(model.parameters()).device
-    rec = LayerInputs([], [], [], [])
+    rec = LayerInputs([], [], [], [], [], types)
+    state: dict = {}
 
-    def pre_hook(module, args, kwargs):
-        if args:
-            h, rest = args[0], tuple(args[1:])
-        else:
-            kwargs = dict(kwargs)
-            h, rest = kwargs.pop("hidden_states"), ()
-        rec.hidden.append(h.detach())
-        rec.args.append(rest)
-        rec.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
-        raise _Stop
+    def make_hook(i):
+        def pre_hook(module, args, kwargs):
+            if args:
+                h, rest = args[0], tuple(args[1:])
+            else:
+                kwargs = dict(kwargs)
+                h, rest = kwargs.pop("hidden_states"), ()
+            kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            if i == 0:
+                rec.hidden.append(h.detach())
+                rec.args.append(rest)
+                rec.kwargs.append(kw)
+            if first_of.get(types[i]) == i:
+                state["seen"][types[i]] = (rest, kw)
+            if len(state["seen"]) == len(first_of):
+                raise _Stop
+        return pre_hook
 
-    handle = layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    handles = [layers[i].register_forward_pre_hook(make_hook(i), with_kwargs=True) for i in sorted(set(first_of.values()))]
     try:
         for batch in batches:
             inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in _model_inputs(batch).items()}
+            state["seen"] = {}
             try:
                 model(**inputs, use_cache=False)
             except _Stop:
                 pass
             else:
-                raise RuntimeError("capture_layer_inputs: decoder layer 0 was never called")
+                raise RuntimeError("capture_layer_inputs: the decoder layers were never called")
+            rec.by_type.append(state["seen"])
             am = inputs.get("attention_mask")
             rec.token_weight.append(am if am is not None and am.dim() == 2 else None)
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     if not rec.hidden:
         raise ValueError("batches: no calibration batch given")
     return rec
@@ -355,14 +380,14 @@ def layerwise(model: nn.Module, batches: Iterable[dict],
             for b, h in enumerate(hidden):
                 for s in stats.values():
                     s.token_weight = rec.token_weight[b] if rec.token_weight else None
-                _layer_forward(layer, h, rec.args[b], rec.kwargs[b])
+                _layer_forward(layer, h, *rec.by_type[b][rec.layer_types[i]])
         finally:
             for s in stats.values():
                 s.remove()
         visit(i, layer, stats)
         del stats
         if i + 1 < len(layers):
-            hidden = [_layer_forward(layer, h, rec.args[b], rec.kwargs[b]) for b, h in enumerate(hidden)]
+            hidden = [_layer_forward(layer, h, *rec.by_type[b][rec.layer_types[i]]) for b, h in enumerate(hidden)]
     model.train(was_training)
 
 

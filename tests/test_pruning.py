@@ -209,3 +209,37 @@ def test_bad_inputs_name_the_argument(model, batches):
         P.layerif_ratios(Q, SIZES[:3], 0.5)
     with pytest.raises(ValueError, match="q"):
         P.layerif_ratios([np.nan] * 6, SIZES, 0.5)
+
+
+def _tiny(arch):
+    from transformers import Gemma2Config, Gemma2ForCausalLM, GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
+    kw = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=64)
+    cfg, cls = {"llama": (LlamaConfig(**kw), LlamaForCausalLM),
+                "gemma": (GemmaConfig(**kw, head_dim=8), GemmaForCausalLM),
+                # alternating sliding-window (4 tokens) and full attention: two different masks
+                "gemma2": (Gemma2Config(**kw, head_dim=8, sliding_window=4), Gemma2ForCausalLM)}[arch]
+    torch.manual_seed(0)
+    return cls(cfg).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma", "gemma2"])
+def test_layerwise_pass_on_other_decoders(arch, batches):
+    m = _tiny(arch)
+    ref, hooks = {}, []
+    b = {k: batches[1][k] for k in ("input_ids", "attention_mask")}
+    for i, layer in enumerate(decoder_layers(m)):
+        q = P.prunable_linears(layer)["self_attn.q_proj"]
+        keep = b["attention_mask"].reshape(-1) > 0          # padding is left out of the statistics
+        hooks.append(q.register_forward_hook(
+            lambda mod, a, o, i=i: ref.__setitem__(i, (a[0].reshape(-1, a[0].shape[-1])[keep] ** 2).sum(0))))
+    with torch.no_grad():
+        m(**b)
+    for h in hooks:
+        h.remove()
+    seen = {}
+    P.layerwise(m, [b], lambda i, layer, stats: seen.__setitem__(i, stats["self_attn.q_proj"].sq.clone()), progress=False)
+    for i in ref:
+        torch.testing.assert_close(seen[i], ref[i], rtol=1e-5, atol=1e-5)
+    P.prune_model(m, [0.5, 0.4, 0.3], "sparsegpt", [b], progress=False)
+    np.testing.assert_allclose(P.measured_sparsity(m), [0.5, 0.4, 0.3], atol=0.5 / 32)
