@@ -285,10 +285,10 @@ def allocate(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, tol=1e-12,
     if not w.sum() > 0:
         raise ValueError("q: beta * q**gamma is zero everywhere (no layer has any benefit)")
     iters = 0
-    if alpha > 0 and _spend(alpha, w, c) <= budget:          # μ = 0: unconstrained optimum fits
-        lam = alpha
-    elif method == "exact":
+    if method == "exact":                                    # λ* ≤ α ⇔ spend(α) ≤ B ⇔ μ = 0
         lam = max(alpha, _solve_lambda_exact(w, c, budget))
+    elif alpha > 0 and _spend(alpha, w, c) <= budget:        # μ = 0: unconstrained optimum fits
+        lam = alpha
     else:
         hi = float(np.max(w / c))                            # all n_k = 0 at λ = max w/c  (§3.2)
         lo = max(alpha, float(w.sum() / (budget + c.sum())))  # spend ≥ Σw/λ − Σc ≥ B below this

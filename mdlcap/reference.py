@@ -218,7 +218,7 @@ def timing_table(Ks=(32, 1_000, 100_000, 1_000_000), programs=("allocate", "prun
     rows = []
     jobs = [(p, int(K)) for p in programs for K in Ks]
     too_slow = set()
-    for prog, K in tqdm(jobs, desc="timing", disable=not progress):
+    for prog, K in tqdm(jobs, desc="timing", **({} if progress else {"disable": True})):
         args, kw = bench_instance(prog, K)
         exact = solve[prog](*args, method="exact", **kw)
         x_exact = exact.n if prog == "allocate" else exact.rho
@@ -354,6 +354,7 @@ def compare_instance(program: str, args: tuple, kw: dict) -> dict:
         extra = dict(n_zero=int(np.sum(x == 0)), n_clipped=int(np.sum(x >= kw["rho_max"])))
     return dict(program=program, K=len(args[0]), active=bool(ours.active), **extra,
                 max_abs_diff_x=float(np.max(np.abs(x - ref.x))),
+                max_rel_diff_x=float(np.max(np.abs(x - ref.x)) / (1.0 + np.max(np.abs(ref.x)))),
                 obj_diff=float(ours.objective - ref.objective),
                 rel_obj_diff=float(abs(ours.objective - ref.objective) / max(1.0, abs(ref.objective))),
                 dual=float(dual), dual_cvxpy=float(ref.dual),
