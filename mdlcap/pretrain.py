@@ -210,3 +210,32 @@ def build(params, progress: bool = True, force: bool = False) -> Path:
 def metrics(params) -> dict:
     """The pretraining metrics saved next to the default model (builds it if needed)."""
     return mio.read_json(build(params) / "pretrain_metrics.json")
+
+
+def finetune_full(model, batches: list[dict], steps: int, lr: float = 1e-3, seed: int = 0,
+                  progress: bool = True) -> list[float]:
+    """Plain full fine-tuning (AdamW, constant lr) for `steps` steps cycling over shuffled
+    `batches` (e.g. mdlcap.data.task_batches): the learnability sanity check of notebook 00,
+    not the study's LoRA fine-tuning (mdlcap.finetune). Returns the loss per step."""
+    from tqdm.auto import tqdm
+    if steps < 1:
+        raise ValueError(f"steps: must be >= 1, got {steps}")
+    if not batches:
+        raise ValueError("batches: must be a non-empty list")
+    dev = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    order, losses = [], []
+    model.train()
+    for _ in tqdm(range(steps), desc="fine-tune", disable=not progress):
+        if not order:
+            order = list(rng.permutation(len(batches)))
+        b = {k: v.to(dev) for k, v in batches[order.pop()].items()}
+        loss = model(**b).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
