@@ -139,7 +139,8 @@ class PruningParams:
     layerif_epsilon: float = 0.1
     score_methods: list[str] = field(default_factory=lambda: ["layerif_all", "layerif_pos", "cg_ggn"])
     score_tasks: list[str] = field(default_factory=list)   # [] = every task in scores.csv
-    sweep_methods: list[str] = field(default_factory=lambda: ["uniform", "owl", "layerif", "mdl", "mdl_eq"])
+    table_methods: list[str] = field(default_factory=lambda: ["uniform", "owl", "layerif", "mdl", "mdl_eq", "mdl_eq_free"])
+    sweep_methods: list[str] = field(default_factory=lambda: ["uniform", "owl", "layerif", "mdl", "mdl_eq", "mdl_eq_free"])
     sweep_pruner: str = "wanda"
     nm_pruners: list[str] = field(default_factory=lambda: ["magnitude", "wanda", "sparsegpt"])  # 2:4 rows
     owl_m: float = 5.0
@@ -317,8 +318,9 @@ def _check_values(p: Params, src: str) -> None:
     need(all(x in known for x in pr.nm_pruners), "pruning.nm_pruners", f"must be a subset of {list(known)}")
     need(pr.sweep_pruner in known, "pruning.sweep_pruner", f"must be one of {list(known)}")
     need(all(0.0 < x < 1.0 for x in pr.sweep), "pruning.sweep", "values must lie in (0, 1)")
-    need(all(x in ("uniform", "owl", "layerif", "mdl", "mdl_eq") for x in pr.sweep_methods), "pruning.sweep_methods",
-         "must be a subset of [uniform, owl, layerif, mdl, mdl_eq]")
+    ratio_methods = ("uniform", "owl", "layerif", "mdl", "mdl_eq", "mdl_eq_free")
+    for key in ("table_methods", "sweep_methods"):
+        need(all(x in ratio_methods for x in getattr(pr, key)), f"pruning.{key}", f"must be a subset of {list(ratio_methods)}")
     need(0.0 <= pr.layerif_epsilon < 1.0, "pruning.layerif_epsilon", "must lie in [0, 1)")
     need(pr.owl_lambda >= 0 and pr.owl_m > 0, "pruning.owl_lambda", "must be >= 0 (and owl_m > 0)")
     need(pr.sparsegpt_damp > 0 and pr.sparsegpt_blocksize > 0, "pruning.sparsegpt_damp", "and sparsegpt_blocksize must be > 0")

@@ -43,7 +43,7 @@ from .models import decoder_layers
 
 PRUNERS = ("magnitude", "wanda", "sparsegpt")
 PRUNABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-RATIO_METHODS = ("uniform", "owl", "layerif", "mdl", "mdl_eq")
+RATIO_METHODS = ("uniform", "owl", "layerif", "mdl", "mdl_eq", "mdl_eq_free")
 
 
 # =========================================================================== modules and sizes
@@ -656,4 +656,7 @@ def ratio_plan(scores, sizes, outliers, pp, target: float | None = None, rho_max
             if "mdl_eq" in methods:
                 add("mdl_eq", smethod, stask, mdl_ratios(q, N, s, bits=pp.bits, lam=pp.lam, gamma=pp.gamma,
                                                          rho_max=rmax, equality=True))
+            if "mdl_eq_free" in methods:     # equality variant without the paper's clip (rho_max = 1)
+                add("mdl_eq_free", smethod, stask, mdl_ratios(q, N, s, bits=pp.bits, lam=pp.lam, gamma=pp.gamma,
+                                                              rho_max=1.0, equality=True))
     return pd.DataFrame(rows)
