@@ -12,7 +12,8 @@ number of steps set by `tol`) or exactly, by sorting the breakpoints of the piec
 solving the linear equation of the right active set (`method="exact"`, no iteration tolerance).
 
 Written by hand (numpy) because no maintained library ships these two water-filling forms, and a
-general conic solver (cvxpy, see `mdlcap.reference`) is three to four orders of magnitude slower;
+general conic solver (cvxpy, see `mdlcap.reference`) is two to four orders of magnitude slower
+(bench/bench_programs.py);
 `mdlcap.reference` is the independent check.
 
 Every result carries the dual value, whether the coupling constraint is active, the objective and
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 _METHODS = ("bisection", "exact")
+_MAX_UNITS = 1e7        # allocate_integer places units one at a time
 _GRID_CELLS = 4096      # multisection: points per round × K kept near this (one numpy pass per round)
 
 
@@ -307,7 +309,7 @@ class IntegerAllocationResult:
     objective: float             # Eq 11 value at the counts
     budget_used: float           # Σ c_k counts_k
     exact: bool                  # True when the greedy is provably optimal (equal costs)
-    upper_bound: float           # certified bound on the optimal *utility* (−objective) gap; see docstring
+    upper_bound: float           # certified upper bound on the best achievable utility (see docstring)
     spend_all: bool
 
 
@@ -345,7 +347,8 @@ def allocate_integer(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, n_min=0
     density order respects the prefixes, so the classic bound applies: OPT ≤ G + v, where G is
     the greedy's utility and v the gain of the first unit that did not fit (the LP relaxation
     bound). `upper_bound` reports G + v (= G when exact), a certified a-posteriori bound on the
-    best achievable utility (utility = −objective); max(greedy, best single unit) would be a
+    best achievable utility β Σ q^γ log(1+n) − α Σ c n (without the α term when spend_all; so
+    utility = −objective when spend_all is False); max(greedy, best single unit) would be a
     1/2-approximation, and in practice the gap is tiny. Work: O((K + units) log K).
     """
     q, c, budget, alpha, beta, gamma, w = _allocation_inputs(q, cost, budget, alpha, beta, gamma)
@@ -362,6 +365,13 @@ def allocate_integer(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, n_min=0
     base = float(np.dot(c, nmin))
     if base > budget * (1 + 1e-12):
         raise ValueError(f"n_min: the minimum counts cost {base:g} > budget {budget:g} (infeasible)")
+    # the heap places one unit per step: bound the steps (positive net gain needs n + 1 < w/(αc))
+    units = (budget - base) / float(c.min())
+    if not spend_all and alpha > 0:
+        units = min(units, float(np.sum(w / (alpha * c))))
+    if units > _MAX_UNITS:
+        raise ValueError(f"budget: allows ~{units:.3g} units, more than the greedy's limit of {_MAX_UNITS:.0g} "
+                         "(use allocate() and round, or coarser cost units)")
     counts = nmin.copy()
     left = budget - base
     eps = 1e-12 * budget                                      # float slack when summing costs
