@@ -200,15 +200,18 @@ def _rounds(lo: float, hi: float, tol: float, m: int) -> int:
     return int(math.ceil(math.log((hi - lo) / (tol * lo)) / math.log(m + 1)))
 
 
+_FRACTIONS: dict[int, np.ndarray] = {}
+
+
 def _multisection(f_grid, f_point, level, lo, hi, tol, K):
     """Largest x in [lo, hi] (to relative precision tol) with f(x) ≤ level, f nondecreasing.
 
     Vectorised bisection ("multisection"): each round evaluates f at m evenly spaced points at
-    once (one (m, K) numpy pass, `f_grid`) and keeps the sub-interval where f crosses `level`,
-    so the bracket shrinks by m+1 per round; m = 1 is plain bisection (`f_point`, large K).
-    The number of rounds is fixed in advance by `tol`. Same O(K log 1/ε) work up to a constant,
-    without the Python overhead of ~40 tiny steps at small K. Returns (lo, hi, rounds): f(lo) ≤
-    level < f(hi) is kept throughout (assuming it held on entry).
+    once (one (m, K) numpy pass, `f_grid(grid, buffer)`) and keeps the sub-interval where f
+    crosses `level`, so the bracket shrinks by m+1 per round; m = 1 is plain bisection
+    (`f_point`, large K). The number of rounds is fixed in advance by `tol`. Same O(K log 1/ε)
+    work up to a constant, without the Python overhead of ~40 tiny steps at small K. Returns
+    (lo, hi, rounds): f(lo) ≤ level < f(hi) is kept throughout (assuming it held on entry).
     """
     m = max(1, min(63, _GRID_CELLS // K))
     r = _rounds(lo, hi, tol, m)
@@ -220,28 +223,36 @@ def _multisection(f_grid, f_point, level, lo, hi, tol, K):
             else:
                 hi = mid
         return lo, hi, r
-    frac = np.arange(1, m + 1) / (m + 1.0)
+    frac = _FRACTIONS.get(m)
+    if frac is None:
+        frac = _FRACTIONS[m] = np.arange(1, m + 1) / (m + 1.0)
+    buf = np.empty((m, K))
     for _ in range(r):
-        grid = frac * (hi - lo)
-        grid += lo
-        j = int(np.count_nonzero(f_grid(grid) <= level))       # first j points still at/under level
-        lo, hi = (lo if j == 0 else float(grid[j - 1])), (hi if j == m else float(grid[j]))
+        grid = frac * (hi - lo) + lo
+        j = int(np.count_nonzero(f_grid(grid, buf) <= level))   # first j points still at/under level
+        if j:
+            lo = float(grid[j - 1])
+        if j < m:
+            hi = float(grid[j])
     return lo, hi, r
 
 
 def _solve_lambda_bisection(w, c, budget, lam_lo, lam_hi, tol):
     """λ* = α+μ* with Σ max(0, w/λ − c) = B, by multisection on t = 1/λ ∈ [1/λ_hi, 1/λ_lo].
 
-    In t the spend Σ max(0, w t − c) is nondecreasing; we return λ = 1/t at the end of the
-    bracket that stays within budget (feasible side), and the number of rounds.
+    In t the spend Σ_k max(0, w_k t − c_k) = Σ_k w_k max(0, t − t_k), with breakpoints
+    t_k = c_k/w_k (layers with w_k = 0 never spend), is nondecreasing; we return λ = 1/t at the
+    end of the bracket that stays within budget (feasible side), and the number of rounds.
     """
-    ones = np.ones(w.size)
+    if not w.min() > 0:
+        keep = w > 0
+        w, c = w[keep], c[keep]
+    tk = c / w
 
-    def spend_grid(t):                                   # spend at each t of the grid, (m,)
-        M = np.multiply.outer(t, w)
-        M -= c
+    def spend_grid(t, M):                                # spend at each t of the grid, (m,)
+        np.subtract.outer(t, tk, out=M)
         np.maximum(M, 0.0, out=M)
-        return M @ ones
+        return M @ w
 
     def spend_point(t):
         return float(np.maximum(w * t - c, 0.0).sum())
@@ -471,8 +482,8 @@ def _solve_tau_bisection(a, N, rho_max, target, total, lo, hi, tol):
     """
     Nn = N / total
 
-    def frac_grid(t):                                    # sparsity at each τ of the grid, (m,)
-        M = np.multiply.outer(t, a)
+    def frac_grid(t, M):                                 # sparsity at each τ of the grid, (m,)
+        np.multiply.outer(t, a, out=M)
         np.minimum(M, rho_max, out=M)
         return M @ Nn
 
