@@ -340,10 +340,11 @@ def allocate_integer(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, n_min=0
     fill the budget even when net gains are negative (what a fixed total of LoRA-MoE experts
     needs). With equal costs this places exactly floor((B − c Σ n_min)/c) extra units.
 
-    Which one is the paper's Algorithm 1? Algorithm 1 is the continuous program with α > 0
-    (spend_all=False) and leaves rounding unspecified; with the paper's budget (a few percent of a
-    layer's FLOPs, a small total of experts) the α term rarely binds, but only spend_all=True
-    guarantees a requested total of experts.
+    Which one is the paper's Algorithm 1? Algorithm 1 is the continuous program Eq 11 with α > 0,
+    i.e. spend_all=False, and the paper does not say how it rounds. At the paper's values the α
+    term, not the budget, decides the total (notebook 01 §3: with raw-FLOP costs nothing at all
+    is allocated, and the budget binds in none of the cost units tried), so a requested total of
+    experts (LoRA-MoE) needs spend_all=True, which is a different program.
 
     Optimality for equal costs c_k = c: the problem is max Σ_k f_k(n_k) over Σ_k n_k ≤ m with
     each f_k concave (decreasing increments). Write it as choosing m "unit increments" from K
