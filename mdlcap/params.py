@@ -87,14 +87,27 @@ class DataParams:
 
 @dataclass
 class ScoringParams:
-    methods: list[str] = field(default_factory=lambda: ["cg", "diag_fisher", "kfac", "grad_norm", "layerif"])
-    curvature: Literal["ggn", "hessian"] = "ggn"
-    damping: float = 1e-3
+    """Notebook 02: layer gains ζ² (mdlcap.curvature) and LayerIF (mdlcap.influence)."""
+    methods: list[str] = field(default_factory=lambda: [
+        "cg_ggn", "cg_hessian", "diag_fisher", "kfac", "ekfac", "grad_norm", "layerif_all", "layerif_pos"])
+    damping: float = 1e-3                # λ in H_kk + λI (Eq 7)
     cg_max_iter: int = 50
     cg_tol: float = 1e-6
-    n_batches: int = 4
+    cg_batches: int = 4                  # CG uses the first cg_batches of each task's batches (cost: K·iters passes)
+    hessian_tasks: list[str] | None = None   # tasks scored by cg_hessian (None = all; it is the costliest)
+    n_batches: int = 4                   # batches per task (gradient and curvature of their mean loss)
     batch_size: int = 8
+    max_len: int = 128                   # tokens per example / calibration window
     blocks: Literal["layer", "attn_mlp"] = "layer"
+    layerif_train: int = 64              # training samples whose influence LayerIF sums
+    layerif_val: int = 32                # validation samples for the validation-loss gradient
+    layerif_damping_scale: float = 0.1   # DataInf: λ_k = c · mean‖g‖² / d_k
+    validation_task: str | None = None   # section 2 task (None = first fine-tune task)
+    validation_steps: int = 10           # Adam steps when fine-tuning one layer alone
+    validation_lr: float = 1e-3
+    lambda_grid: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    appendix_c_layers: int = 2           # layers (largest and smallest ζ²) in the λ sweep
+    appendix_c_iter: int = 20            # CG iterations per λ in the sweep
 
 
 @dataclass
@@ -327,6 +340,19 @@ def _check_values(p: Params, src: str) -> None:
     need(pr.eval_limit is None or pr.eval_limit > 0, "pruning.eval_limit", "must be > 0 or null")
     need(pr.calibration_sequences is None or pr.calibration_sequences > 0, "pruning.calibration_sequences", "must be > 0 or null")
     need(p.scoring.damping > 0, "scoring.damping", "must be > 0")
+    _score_methods = ("cg_ggn", "cg_hessian", "diag_fisher", "kfac", "ekfac", "grad_norm", "layerif_all", "layerif_pos")
+    need(all(m in _score_methods for m in p.scoring.methods) and len(p.scoring.methods) > 0, "scoring.methods",
+         f"must be a non-empty subset of {list(_score_methods)}")
+    for key in ("cg_max_iter", "cg_batches", "n_batches", "batch_size", "layerif_train", "layerif_val",
+                "appendix_c_layers", "appendix_c_iter"):
+        need(getattr(p.scoring, key) >= 1, f"scoring.{key}", "must be >= 1")
+    need(p.scoring.max_len >= 2, "scoring.max_len", "must be >= 2")
+    need(p.scoring.validation_steps >= 0, "scoring.validation_steps", "must be >= 0")
+    need(p.scoring.validation_lr > 0, "scoring.validation_lr", "must be > 0")
+    need(p.scoring.cg_tol >= 0, "scoring.cg_tol", "must be >= 0")
+    need(p.scoring.layerif_damping_scale > 0, "scoring.layerif_damping_scale", "must be > 0")
+    need(len(p.scoring.lambda_grid) > 0 and all(x > 0 for x in p.scoring.lambda_grid), "scoring.lambda_grid",
+         "must be a non-empty list of values > 0")
     need(p.allocation.total_experts > 0, "allocation.total_experts", "must be > 0")
     need(p.allocation.n_min >= 0, "allocation.n_min", "must be >= 0")
     need(p.allocation.top_k >= 1, "allocation.top_k", "must be >= 1")
