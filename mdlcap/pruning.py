@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -172,11 +173,13 @@ def wanda_mask(weight: torch.Tensor, in_sq_norm: torch.Tensor, ratio: float, nm=
 def sparsegpt_prune_(weight: torch.Tensor, hessian: torch.Tensor, ratio: float, nm=None, *,
                      blocksize: int = 128, damp: float = 0.01) -> float:
     """SparseGPT (Frantar & Alistarh 2023) on one weight matrix, in place; returns the OBS
-    error estimate Σ (w_q − w)² / [H⁻¹]_qq / 2 summed over pruned weights.
+    error estimate Σ (w − q)² / U_jj² / 2 summed over pruned weights.
 
     H = 2XXᵀ/n is dampened by damp·mean(diag H) and inverted; the upper Cholesky factor U of
-    H⁻¹ gives, column by column, the OBS saliency w²/U_jj² and the update that spreads the
-    pruning error of column j over the columns not yet visited (Eq. 3–4 of the paper). Columns
+    H⁻¹ (H⁻¹ = UᵀU) gives, column by column, the OBS saliency w²/U_jj² and the update
+    δW[:, j:] = −(w − q)/U_jj · U[j, j:] that spreads the pruning error of column j over the
+    columns not yet visited (row j of U is column j's inverse Hessian after eliminating the
+    columns before it). Columns
     are processed in blocks; updates to later blocks are applied lazily once per block. The
     mask is chosen per block (adaptive mask selection); the number pruned per block is set by
     cumulative rounding so that the whole matrix loses exactly round(ratio·numel) weights.
@@ -648,6 +651,10 @@ def ratio_plan(scores, sizes, outliers, pp, target: float | None = None, rho_max
             q = g.sort_values("layer")["q"].to_numpy(float)
             if q.size != N.size:
                 raise ValueError(f"scores: {smethod}/{stask} has {q.size} layers, the model {N.size}")
+            if not np.all(q > 0):        # q_k^{-γ} needs q > 0: say so and leave this source out
+                warnings.warn(f"scores: {smethod}/{stask} has q <= 0 at layers {np.flatnonzero(q <= 0).tolist()}; "
+                              "left out of the ratio plan")
+                continue
             if "layerif" in methods:
                 add("layerif", smethod, stask, layerif_ratios(q, N, s, epsilon=pp.layerif_epsilon))
             if "mdl" in methods:
