@@ -191,9 +191,9 @@ class PrecisionParams:
     power_iters: int = 50                # power iterations for L_i (proposal: 50)
     bit_choices: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
     n_random: int = 100
-    n_eps: int = 15                      # ε_target sweep: n_eps values, log-spaced ...
+    n_eps: int = 12                      # ε_target sweep: n_eps values, log-spaced ...
     eps_rel_range: list[float] = field(default_factory=lambda: [1e-3, 3.0])   # ... × median ‖F(x)‖
-    avg_bits_targets: list[float] = field(default_factory=lambda: [4, 5, 6, 7, 8, 10, 12, 16, 20, 24, 32])
+    avg_bits_targets: list[float] = field(default_factory=lambda: [4, 5, 6, 7, 8, 10, 12, 16])
     quantize_activations: bool = True    # the proposal quantises layer inputs at p_i too
     eps0: float = 0.0                    # input error ε_0 of the composition (inputs kept exact)
     mdl_alpha: float = 0.01              # §2 program for the MDL bits baseline (capacity = bits)
