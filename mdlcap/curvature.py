@@ -48,11 +48,13 @@ class Gains(dict):
     """Mapping block name -> ζ² (float), in block order, with per-block diagnostics."""
 
     def __init__(self, gains: Mapping[str, float], diagnostics: Mapping[str, dict] | None = None, *,
-                 method: str = "", curvature: str | None = None, damping: float = 0.0, steps=None):
+                 method: str = "", curvature: str | None = None, damping: float = 0.0, steps=None,
+                 meta: Mapping[str, Any] | None = None):
         super().__init__((k, float(v)) for k, v in gains.items())
         self.diagnostics = {k: dict(v) for k, v in (diagnostics or {}).items()}
         self.method, self.curvature, self.damping = method, curvature, float(damping)
         self.steps = steps          # block name -> list of tensors d* = −H̃⁻¹g (cg with return_steps=True)
+        self.meta = dict(meta or {})    # e.g. cost of the call (seconds, peak memory), filled by drivers
 
     @property
     def gains(self) -> dict[str, float]:
@@ -64,12 +66,12 @@ class Gains(dict):
 
     def to_json(self) -> dict:
         return {"gains": dict(self), "diagnostics": self.diagnostics, "method": self.method,
-                "curvature": self.curvature, "damping": self.damping}
+                "curvature": self.curvature, "damping": self.damping, "meta": self.meta}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Gains":
         return cls(obj["gains"], obj.get("diagnostics"), method=obj.get("method", ""),
-                   curvature=obj.get("curvature"), damping=obj.get("damping", 0.0))
+                   curvature=obj.get("curvature"), damping=obj.get("damping", 0.0), meta=obj.get("meta"))
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -859,3 +861,175 @@ def gradient_pass(model, batches, loss_fn=None) -> None:
     params = [p for ps in resolve_blocks(model, None).values() for p in ps] if loss_fn is None else \
         [p for p in model.parameters()]
     block_gradients(model, batches, params, loss_fn)
+
+
+# ----------------------------------------------------------------------------- notebook 02 drivers
+def scoring_batches(params, tokenizer, task: str, split: str = "train", n_batches: int | None = None,
+                    batch_size: int | None = None) -> list[dict]:
+    """Batches a task is scored on: fine-tune tasks from `mdlcap.data.task_batches` (loss on the gold
+    answer), "calibration" from the calibration text (split "train") or the held-out text (other
+    splits) in windows of min(scoring.max_len, data.calibration_seq_len) tokens."""
+    from . import data as D
+    sp = params.scoring
+    n_batches = n_batches or sp.n_batches
+    batch_size = batch_size or sp.batch_size
+    if task == "calibration":
+        texts = D.texts(params, "calibration" if split == "train" else "heldout")
+        seq = min(sp.max_len, params.data.calibration_seq_len)
+        out = D.lm_batches(tokenizer, texts, seq, batch_size)
+    else:
+        ex = D.load_task(params, task, split)[: n_batches * batch_size]
+        out = D.task_batches(tokenizer, ex, batch_size, max_len=sp.max_len)
+    if not out:
+        raise ValueError(f"task: no {split} data for '{task}'")
+    return out[:n_batches]
+
+
+def _take_samples(batches, n: int) -> list[dict]:
+    out, left = [], n
+    for b in batches:
+        if left <= 0:
+            break
+        k = min(left, _batch_size(b))
+        out.append({key: (v[:k] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for key, v in b.items()})
+        left -= k
+    return out
+
+
+def score_task(model, tokenizer, params, task: str, methods, cache: str | os.PathLike | None = None,
+               model_key: str | None = None, progress: bool = True) -> dict[str, Gains]:
+    """Scores of one task for the scores.csv methods asked (cg_ggn, cg_hessian, diag_fisher, kfac,
+    ekfac, grad_norm, layerif_all, layerif_pos), each cached as JSON under `cache` (resume
+    granularity: one (task, method)); `.meta` holds the call's seconds, peak memory and the
+    seconds of one gradient pass over the same data (the cost unit)."""
+    from . import influence
+    sp = params.scoring
+    unknown = [m for m in methods if m not in SCORE_METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; allowed {list(SCORE_METHODS)}")
+    model_key = model_key or fingerprint_model(model)
+    blocks = None if sp.blocks == "layer" else sp.blocks
+    batches = scoring_batches(params, tokenizer, task, "train")
+    out: dict[str, Gains] = {}
+    unit_cache: dict[str, float] = {}
+
+    def unit(bs):                                   # seconds of one gradient pass over bs
+        k = fingerprint_batches(bs)
+        if k not in unit_cache:
+            gradient_pass(model, bs)                # warm-up
+            unit_cache[k] = measure(lambda: gradient_pass(model, bs))[1]
+        return unit_cache[k]
+
+    def cached(method, bs, compute, extra=None):
+        key = {"model": model_key, "data": fingerprint_batches(bs), "method": method, "damping": sp.damping,
+               "blocks": sp.blocks, **(extra or {})}
+        if cache is None:
+            return compute()
+        return cached_layer_gains(Path(cache) / task, key, compute)
+
+    def timed(fn, bs):
+        def run():
+            res, dt, mem = measure(fn)
+            res.meta.update({"seconds": dt, "peak_bytes": mem, "grad_pass_seconds": unit(bs),
+                             "n_batches": len(bs), "n_sequences": sum(_batch_size(b) for b in bs)})
+            return res
+        return run
+
+    for m in methods:
+        if m in ("layerif_all", "layerif_pos"):
+            continue
+        if m == "cg_hessian" and sp.hessian_tasks is not None and task not in sp.hessian_tasks:
+            continue
+        if m.startswith("cg_"):
+            bs = batches[: sp.cg_batches]
+            fn = (lambda curv=m[3:], bs=bs: layer_gains(model, bs, method="cg", curvature=curv, damping=sp.damping,
+                                                         blocks=blocks, max_iter=sp.cg_max_iter, tol=sp.cg_tol,
+                                                         progress=progress))
+            out[m] = cached(m, bs, timed(fn, bs), {"max_iter": sp.cg_max_iter, "tol": sp.cg_tol})
+        else:
+            fn = (lambda m=m: layer_gains(model, batches, method=m, damping=sp.damping, blocks=blocks,
+                                          progress=progress))
+            out[m] = cached(m, batches, timed(fn, batches))
+    pools = [m for m in methods if m in ("layerif_all", "layerif_pos")]
+    if pools:
+        train = _take_samples(scoring_batches(params, tokenizer, task, "train",
+                                              n_batches=-(-sp.layerif_train // sp.batch_size)), sp.layerif_train)
+        val = _take_samples(scoring_batches(params, tokenizer, task, "validation",
+                                            n_batches=-(-sp.layerif_val // sp.batch_size)), sp.layerif_val)
+
+        def compute_if():
+            inf, dt, mem = measure(lambda: influence.layer_influence(
+                model, train, val, blocks=blocks, damping_scale=sp.layerif_damping_scale, progress=progress))
+            meta = {"seconds": dt, "peak_bytes": mem, "grad_pass_seconds": unit(train + val),
+                    "n_batches": len(train) + len(val), "n_sequences": sum(_batch_size(b) for b in train + val)}
+            both = {p: Gains(inf.layer_scores(p[8:]), {k: {"influence_sum": v} for k, v in inf.layer_sums(p[8:]).items()},
+                             method=p, damping=0.0, meta=meta) for p in ("layerif_all", "layerif_pos")}
+            return Gains({}, {}, method="layerif", meta={"pools": {k: v.to_json() for k, v in both.items()}})
+
+        res = cached("layerif", train + val, compute_if, {"damping_scale": sp.layerif_damping_scale})
+        for p in pools:
+            out[p] = Gains.from_json(res.meta["pools"][p])
+    return out
+
+
+def single_layer_decreases(model, train_batches, heldout_batches, steps: Mapping[str, list], blocks=None, *,
+                           finetune_steps: int = 10, lr: float = 1e-3, loss_fn=None, progress: bool = True):
+    """Measured held-out loss decrease per block from (a) the damped Newton step d* of that block alone
+    and (b) fine-tuning that block alone (Adam, `finetune_steps` steps cycling over train_batches).
+    Parameters are restored after each measurement. Returns a DataFrame, one row per block."""
+    import pandas as pd
+    blk = resolve_blocks(model, blocks)
+    base = mean_loss(model, heldout_batches, loss_fn)
+    base_train = mean_loss(model, train_batches, loss_fn)
+    rows = []
+    device = _model_device(model)
+    for name, params in tqdm(blk.items(), desc="single-layer decreases", disable=not progress):
+        row = {"block": name, "heldout_loss": base}
+        if name in steps:
+            with applied_step(params, steps[name]):
+                row["newton_heldout_decrease"] = base - mean_loss(model, heldout_batches, loss_fn)
+                row["newton_train_decrease"] = base_train - mean_loss(model, train_batches, loss_fn)
+        saved = [p.detach().clone() for p in params]
+        with _scoring_mode(model, params):
+            opt = torch.optim.Adam(params, lr=lr)
+            for t in range(finetune_steps):
+                b = _to_device(train_batches[t % len(train_batches)], device)
+                loss, _ = _call_loss(model, b, loss_fn)
+                for p, g in zip(params, _grads(loss, params)):
+                    p.grad = g
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            row["finetune_heldout_decrease"] = base - mean_loss(model, heldout_batches, loss_fn)
+            with torch.no_grad():
+                for p, s0 in zip(params, saved):
+                    p.copy_(s0)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def damping_sweep(model, batches, blocks: Mapping[str, list], lambdas, *, max_iter: int = 20, tol: float = 1e-6,
+                  loss_fn=None, progress: bool = True):
+    """Appendix C on a real model: for each block and λ, predicted decrease ½ζ², the layer-restricted
+    quadratic at d* under the GGN (= −½ζ² − (λ/2)‖d*‖² by Lemma 1 / Eq 18) and under the exact
+    Hessian, and the true loss change L(θ + d*) − L(θ). Returns a DataFrame."""
+    import pandas as pd
+    base = mean_loss(model, batches, loss_fn)
+    rows = []
+    for name, params in blocks.items():
+        for lam in tqdm(list(lambdas), desc=f"λ sweep {name}", disable=not progress):
+            r = layer_gains(model, batches, method="cg", curvature="ggn", damping=float(lam), blocks={name: params},
+                            loss_fn=loss_fn, max_iter=max_iter, tol=tol, progress=False, return_steps=True)
+            d = r.steps[name]
+            qg = block_quadratic(model, batches, params, d, curvature="ggn", loss_fn=loss_fn)
+            qh = block_quadratic(model, batches, params, d, curvature="hessian", loss_fn=loss_fn)
+            with applied_step(params, d):
+                true = mean_loss(model, batches, loss_fn) - base
+            z2 = r[name]
+            rows.append({"block": name, "damping": float(lam), "zeta2": z2, "predicted_decrease": 0.5 * z2,
+                         "quadratic_ggn": qg["quadratic"], "quadratic_hessian": qh["quadratic"],
+                         "eq18_value": -0.5 * z2 - 0.5 * lam * qg["d_norm2"], "bias_term": lam * qg["d_norm2"],
+                         "true_change": true, "step_norm": math.sqrt(qg["d_norm2"]),
+                         "cg_iterations": r.diagnostics[name]["iterations"],
+                         "cg_rel_residual": r.diagnostics[name]["rel_residual"],
+                         "ritz_min_H": r.diagnostics[name]["ritz_min_H"]})
+    return pd.DataFrame(rows)
