@@ -151,7 +151,8 @@ class PruningParams:
     sweep: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
     layerif_epsilon: float = 0.1
     score_methods: list[str] = field(default_factory=lambda: ["layerif_all", "layerif_pos", "cg_ggn"])
-    score_tasks: list[str] = field(default_factory=list)   # [] = every task in scores.csv
+    score_tasks: list[str] = field(default_factory=list)   # [] = every task in scores.csv (ratios, figure)
+    table_score_tasks: list[str] = field(default_factory=list)  # score sources evaluated in the table ([] = all)
     table_methods: list[str] = field(default_factory=lambda: ["uniform", "owl", "layerif", "mdl", "mdl_eq", "mdl_eq_free"])
     sweep_methods: list[str] = field(default_factory=lambda: ["uniform", "owl", "layerif", "mdl", "mdl_eq", "mdl_eq_free"])
     sweep_pruner: str = "wanda"
