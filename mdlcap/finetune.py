@@ -105,3 +105,170 @@ def finetune(model: torch.nn.Module, train_batches: Sequence[dict], *, epochs: i
     model.eval()
     accelerator.free_memory()
     return losses
+
+
+# --------------------------------------------------------------------------- one experiment cell
+def task_train_batches(params, tokenizer, task: str) -> list[dict]:
+    """Training batches of a fine-tune task (first `allocation.max_train` examples of its train split)."""
+    from . import data as mdata
+
+    a = params.allocation
+    examples = mdata.load_task(params, task, "train")
+    if a.max_train is not None:
+        examples = examples[: a.max_train]
+    return mdata.task_batches(tokenizer, examples, a.batch_size, max_len=a.max_len)
+
+
+def run_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None, ranks=None,
+             accelerator=None, batches: Sequence[dict] | None = None, progress: bool = False) -> dict:
+    """Fine-tune a copy of `base_model` on `task` with LoRA-MoE expert `counts` per layer (or peft
+    LoRA `ranks` per layer) and evaluate it on the task's test split through lm-eval.
+
+    Returns a JSON-able record: accuracy, losses (first/last/mean of the last 10%), trainable
+    parameters, wall seconds. The base model is never modified."""
+    import copy
+    import time
+
+    from .evaluation import lm_eval_accuracy
+    from .moe import add_lora_moe, rank_config, trainable_parameters
+
+    if (counts is None) == (ranks is None):
+        raise ValueError("counts/ranks: give exactly one of them")
+    a = params.allocation
+    t0 = time.time()
+    torch.manual_seed(seed)
+    model = copy.deepcopy(base_model)
+    if counts is not None:
+        add_lora_moe(model, [int(c) for c in counts], r=a.lora_r, alpha=a.lora_alpha,
+                     target_modules=a.target_modules, top_k=a.top_k, seed=seed)
+        aux = a.aux_loss_coef
+    else:
+        from peft import get_peft_model
+        model = get_peft_model(model, rank_config([int(r) for r in ranks], target_modules=a.target_modules,
+                                                  alpha_ratio=a.lora_alpha / a.lora_r))
+        aux = 0.0
+    n_train, n_total = trainable_parameters(model)
+    if batches is None:
+        batches = task_train_batches(params, tokenizer, task)
+    losses = finetune(model, batches, epochs=a.epochs, lr=a.lr, accelerator=accelerator, seed=seed,
+                      aux_loss_coef=aux, progress=progress, desc=f"{task} s{seed}")
+    t1 = time.time()
+    acc = None
+    if accelerator is None or accelerator.is_main_process:
+        acc = lm_eval_accuracy(model, tokenizer, params, [task], limit=a.eval_limit)[task]
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    tail = losses[-max(1, len(losses) // 10):]
+    return {"task": task, "seed": int(seed), "accuracy": acc,
+            "counts": None if counts is None else [int(c) for c in counts],
+            "ranks": None if ranks is None else [int(r) for r in ranks],
+            "loss_first": losses[0], "loss_last": float(sum(tail) / len(tail)), "steps": len(losses),
+            "trainable_params": int(n_train), "total_params": int(n_total),
+            "train_seconds": round(t1 - t0, 3), "eval_seconds": round(time.time() - t1, 3)}
+
+
+def cell_key(params, task: str, seed: int, counts=None, ranks=None) -> str:
+    """Cache key of one cell: everything that changes its result (model, data, adapter shape,
+    training and evaluation settings), so equal allocations share one run."""
+    from dataclasses import asdict
+
+    from . import io as mio
+
+    a = asdict(params.allocation)
+    for k in ("methods", "rank_methods", "seeds", "rank_experiment", "total_experts", "alpha", "beta",
+              "gamma", "budget_scaling", "n_min", "layerif_exponent", "alphalora_exponent"):
+        a.pop(k)                                         # they change the counts, not the run given counts
+    from .models import resolve_path
+
+    return mio.cache_key({"model": asdict(params.model), "model_path": resolve_path(params, progress=False),
+                          "data": asdict(params.data), "alloc": a, "task": task,
+                          "seed": int(seed), "counts": None if counts is None else [int(c) for c in counts],
+                          "ranks": None if ranks is None else [int(r) for r in ranks], "v": 1})
+
+
+def cached_cell(cache_dir, base_model, tokenizer, params, task: str, *, seed: int, counts=None, ranks=None,
+                accelerator=None, batches=None) -> dict:
+    """`run_cell` through a JSON cache file per cell (atomic write): an interrupted notebook resumes,
+    and a cell already computed by a multi-GPU launch (`python -m mdlcap.finetune`) is reused."""
+    from pathlib import Path
+
+    from . import io as mio
+
+    path = Path(cache_dir) / f"{task}_{cell_key(params, task, seed, counts, ranks)}.json"
+    if path.exists():
+        rec = mio.read_json(path)
+        rec["cached"] = True
+        return rec
+    rec = run_cell(base_model, tokenizer, params, task, seed=seed, counts=counts, ranks=ranks,
+                   accelerator=accelerator, batches=batches)
+    if accelerator is None or accelerator.is_main_process:
+        mio.atomic_write_json(path, rec)
+    rec["cached"] = False
+    return rec
+
+
+# --------------------------------------------------------------------------- multi-GPU entry point
+def allocations_for(params, scores, n_layers: int, task: str) -> dict[str, list[int]]:
+    """{method: expert counts} for every method of `allocation.methods` that `scores` supports."""
+    from .allocation_baselines import allocate
+
+    a = params.allocation
+    out = {}
+    for m in a.methods:
+        c = allocate(m, n_layers=n_layers, total=a.total_experts, params=a, scores=scores, task=task)
+        if c is not None:
+            out[m] = [int(x) for x in c]
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Fill notebook 03's cell cache from a launcher, e.g. on 4 GPUs (DDP, one model copy per GPU):
+
+        accelerate launch --num_processes 4 --mixed_precision bf16 -m mdlcap.finetune \\
+            params/mistral-7b.yaml [--tasks cola mrpc] [--methods mdl_layerif_pos layerif_pos] [--seeds 0]
+
+    Each (task, method, seed) cell is trained by all processes together (DDP through accelerate,
+    every process on its share of the batches) and evaluated on the main process; the record goes
+    to results/<run>/03_allocation/cache/, where the notebook then finds it."""
+    import argparse
+
+    from . import curvature, models
+    from .models import decoder_layers
+    from .params import load
+    from .run import resolve_device
+
+    ap = argparse.ArgumentParser(prog="python -m mdlcap.finetune", description=main.__doc__.split("\n")[0])
+    ap.add_argument("params_path")
+    ap.add_argument("--tasks", nargs="*")
+    ap.add_argument("--methods", nargs="*")
+    ap.add_argument("--seeds", nargs="*", type=int)
+    ap.add_argument("--results", default=None, help="results root (default: <project>/results)")
+    args = ap.parse_args(argv)
+    params = load(args.params_path)
+    from . import io as mio
+    from pathlib import Path
+
+    root = Path(args.results) if args.results else mio.project_root() / "results"
+    run_root = root / params.run.name
+    cache = run_root / "03_allocation" / "cache"
+    accelerator = make_accelerator(resolve_device(params),
+                                   mixed_precision="bf16" if params.model.dtype == "bfloat16" else "no")
+    model, tok = models.load(params, device=str(accelerator.device))
+    scores = curvature.load_scores(run_root)
+    L = len(decoder_layers(model))
+    for task in args.tasks or params.data.finetune_tasks:
+        allocs = allocations_for(params, scores, L, task)
+        batches = task_train_batches(params, tok, task)
+        for method in args.methods or list(allocs):
+            if method not in allocs:
+                raise SystemExit(f"--methods: '{method}' has no allocation for task '{task}' (scores missing?)")
+            for seed in args.seeds if args.seeds is not None else params.allocation.seeds:
+                rec = cached_cell(cache, model, tok, params, task, seed=seed, counts=allocs[method],
+                                  accelerator=accelerator, batches=batches)
+                if accelerator.is_main_process:
+                    print(f"{task} {method} seed {seed}: accuracy {rec['accuracy']:.4f}"
+                          f"{' (cached)' if rec['cached'] else ''}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

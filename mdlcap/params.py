@@ -124,6 +124,7 @@ class AllocationParams:
     layerif_exponent: float = 3.0        # LayerIF's power on (max - score) (its walk-through: 3)
     alphalora_exponent: float = 2.5      # AlphaLoRA's power on the layer PL-alpha
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    tasks: list[str] | None = None       # subset of data.finetune_tasks to fine-tune on (None: all)
     epochs: int = 1
     lr: float = 2e-4
     lora_r: int = 8
@@ -365,6 +366,8 @@ def _check_values(p: Params, src: str) -> None:
     _alloc_methods = ("uniform", "mola", "alphalora", "layerif_all", "layerif_pos", "mdl_layerif_all",
                       "mdl_layerif_pos", "mdl_cg_ggn", "mdl_cg_hessian", "mdl_diag_fisher", "mdl_kfac",
                       "mdl_ekfac", "mdl_grad_norm")
+    need(p.allocation.tasks is None or (len(p.allocation.tasks) >= 1 and set(p.allocation.tasks) <= set(p.data.finetune_tasks)),
+         "allocation.tasks", "must be null or a non-empty subset of data.finetune_tasks")
     for _m in p.allocation.methods + p.allocation.rank_methods:
         need(_m in _alloc_methods, "allocation.methods", f"entries must be among {list(_alloc_methods)}, got {_m!r}")
     need(p.launch.num_processes >= 1, "launch.num_processes", "must be >= 1")
