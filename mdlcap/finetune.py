@@ -175,7 +175,7 @@ def cell_key(params, task: str, seed: int, counts=None, ranks=None) -> str:
     from . import io as mio
 
     a = asdict(params.allocation)
-    for k in ("methods", "rank_methods", "seeds", "rank_experiment", "total_experts", "alpha", "beta",
+    for k in ("methods", "rank_methods", "seeds", "tasks", "rank_experiment", "total_experts", "alpha", "beta",
               "gamma", "budget_scaling", "n_min", "layerif_exponent", "alphalora_exponent"):
         a.pop(k)                                         # they change the counts, not the run given counts
     from .models import resolve_path

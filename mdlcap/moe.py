@@ -69,7 +69,7 @@ class LoraMoELinear(nn.Module):
         self.router = (nn.Linear(d_in, self.num_experts, bias=False, device=dev, dtype=adapter_dtype)
                        if self.num_experts > 1 else None)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.aux_loss: torch.Tensor | None = None        # load-balancing loss of the last forward
+        self.aux_loss: torch.Tensor | None = None        # load-balancing loss of the last training forward
         self.last_load: torch.Tensor | None = None       # fraction of routed slots per expert
 
     def extra_repr(self) -> str:
@@ -93,10 +93,11 @@ class LoraMoELinear(nn.Module):
         if self.router is not None:
             gates, probs, top_i = self.route(h)
             z = (z.unflatten(-1, (E, r)) * gates.unsqueeze(-1)).flatten(-2)
-            # Switch-Transformer load balance: E * sum_e (share of routed slots) * (mean prob)
-            load = F.one_hot(top_i, E).to(probs.dtype).sum(-2).reshape(-1, E).mean(0) / self.top_k
-            self.last_load = load.detach()
-            self.aux_loss = E * (load * probs.reshape(-1, E).mean(0)).sum()
+            if self.training:
+                # Switch-Transformer load balance: E * sum_e (share of routed slots) * (mean prob)
+                load = F.one_hot(top_i, E).to(probs.dtype).sum(-2).reshape(-1, E).mean(0) / self.top_k
+                self.last_load = load.detach()
+                self.aux_loss = E * (load * probs.reshape(-1, E).mean(0)).sum()
         b_cat = self.lora_B.permute(0, 2, 1).reshape(E * r, -1)   # rows (e, j) = column j of B_e
         delta = (z @ b_cat) * self.scaling
         return y + delta.to(y.dtype)

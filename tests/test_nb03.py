@@ -20,7 +20,8 @@ def test_nb03_allocation_smoke(smoke_scores):
 
     out = run_notebook("03_allocation")
     p = P.load("params/smoke.yaml")
-    A, tasks = p.allocation, list(p.data.finetune_tasks)
+    A = p.allocation
+    tasks = list(A.tasks or p.data.finetune_tasks)
     alloc = pd.read_csv(out / "allocations.csv")
     L = alloc["layer"].nunique()
     # every method spends exactly the budget, at least one expert per layer
