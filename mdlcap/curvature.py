@@ -40,6 +40,7 @@ from . import io as mio
 METHODS = ("cg", "diag_fisher", "kfac", "ekfac", "grad_norm")
 CURVATURES = ("ggn", "hessian")
 # scores.csv method names (COMMON.md contract): method/curvature -> column value
+SCORES_VERSION = "1"        # part of every cache key: bump when a change alters the scores
 SCORE_METHODS = ("cg_ggn", "cg_hessian", "diag_fisher", "kfac", "ekfac", "grad_norm", "layerif_all", "layerif_pos")
 
 
@@ -922,7 +923,7 @@ def score_task(model, tokenizer, params, task: str, methods, cache: str | os.Pat
 
     def cached(method, bs, compute, extra=None):
         key = {"model": model_key, "data": fingerprint_batches(bs), "method": method, "damping": sp.damping,
-               "blocks": sp.blocks, **(extra or {})}
+               "blocks": sp.blocks, "version": SCORES_VERSION, **(extra or {})}
         if cache is None:
             return compute()
         return cached_layer_gains(Path(cache) / task, key, compute)
