@@ -176,6 +176,8 @@ class TransferParams:
     n_max: Literal["solutions", "bracket"] = "solutions"   # allocation box for μ (see mdlcap.transfer)
     methods: list[str] = field(default_factory=lambda: ["cg_ggn", "layerif_all"])  # scores.csv methods
     adversarial_steps: int = 1000        # hill-climbing moves per start in the counterexample search
+    downstream_pairs: int = 2            # task pairs fine-tuned with transferred vs native experts (0: skip)
+    downstream_method: str = "mdl_cg_ggn"  # allocation method of notebook 03 used for both allocations
 
 
 @dataclass
@@ -382,6 +384,9 @@ def _check_values(p: Params, src: str) -> None:
     need(p.transfer.K >= 2, "transfer.K", "must be >= 2")
     need(p.transfer.n_sweep >= 1, "transfer.n_sweep", "must be >= 1")
     need(p.transfer.adversarial_steps >= 1, "transfer.adversarial_steps", "must be >= 1")
+    need(p.transfer.downstream_pairs >= 0, "transfer.downstream_pairs", "must be >= 0")
+    need(p.transfer.downstream_method.startswith("mdl_"), "transfer.downstream_method",
+         "must be an Algorithm-1 allocation method 'mdl_<score method>' (e.g. mdl_cg_ggn)")
     need(len(p.transfer.deltas) >= 2 and all(d > 0 for d in p.transfer.deltas), "transfer.deltas",
          "must hold at least two values > 0")
     need(p.model.architecture.num_attention_heads % p.model.architecture.num_key_value_heads == 0,

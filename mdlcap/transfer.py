@@ -693,3 +693,70 @@ def adversarial_search(program: str, starts, steps: int = 300, seed: int = 0, st
                      "q_source": q_s.tolist(), "q_target": q_t.tolist(),
                      "args": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in args.items()}})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- downstream effect
+def downstream_pairs(real, tasks, n_pairs: int = 2, method: str = "cg_ggn") -> list[tuple[str, str]]:
+    """Task pairs for the fine-tuning check: among `tasks`, the ordered pair with the largest
+    allocation regret under `method`'s scores, then the smallest (then the next largest ...)."""
+    if real is None or len(real) == 0 or n_pairs <= 0:
+        return []
+    ok = real[(real["error"] == "") & (real["program"] == "allocate") & (real["method"] == method)
+              & real["source"].isin(tasks) & real["target"].isin(tasks)]
+    ok = ok.drop_duplicates(["source", "target"]).sort_values("regret", ascending=False)
+    pairs = list(zip(ok["source"], ok["target"]))
+    picked, lo, hi = [], len(pairs) - 1, 0
+    while len(picked) < min(n_pairs, len(pairs)):
+        if len(picked) % 2 == 0:
+            picked.append(pairs[hi]); hi += 1
+        else:
+            picked.append(pairs[lo]); lo -= 1
+    return picked
+
+
+def downstream(params, scores, pairs, *, cache_dir, method: str = "mdl_cg_ggn", device: str = "cpu",
+               reuse=()):
+    """Accuracy on the target task of LoRA-MoE fine-tuned with the target's own allocation
+    ("native") and with the source's ("transferred"), per seed of params.allocation.
+
+    Allocations come from `allocation_baselines.allocate(method, ...)` (Algorithm 1 on the task's
+    scores), fine-tuning and lm-eval accuracy from `finetune.cached_cell` (notebook 03's cell:
+    same settings, results cached per allocation, so equal counts share one run). A cell already
+    in one of the `reuse` folders (e.g. notebook 03's cache, same cell key) is copied, not re-run."""
+    from pathlib import Path
+
+    import pandas as pd
+    from tqdm import tqdm
+
+    from . import allocation_baselines as ab
+    from . import io as mio
+    from . import finetune as ft
+    from . import models
+    from .models import decoder_layers
+
+    A = params.allocation
+    acc = ft.make_accelerator(device)
+    base, tok = models.load(params, device=str(acc.device), progress=False)
+    L = len(decoder_layers(base))
+    rows = []
+    cells = [(s, t, seed) for s, t in pairs for seed in A.seeds]
+    batches = {}
+    for s, t, seed in tqdm(cells, desc="downstream cells"):
+        native = ab.allocate(method, n_layers=L, total=A.total_experts, params=A, scores=scores, task=t)
+        moved = ab.allocate(method, n_layers=L, total=A.total_experts, params=A, scores=scores, task=s)
+        if native is None or moved is None:
+            raise ValueError(f"method: {method!r} has no scores for {s!r} or {t!r} in scores.csv")
+        if t not in batches:
+            batches[t] = ft.task_train_batches(params, tok, t)
+        for kind, counts in (("native", native), ("transferred", moved)):
+            name = f"{t}_{ft.cell_key(params, t, seed, [int(c) for c in counts])}.json"
+            mine = Path(cache_dir) / name
+            for d in reuse:
+                if not mine.exists() and (Path(d) / name).exists():
+                    mio.atomic_write_bytes(mine, (Path(d) / name).read_bytes())
+            rec = ft.cached_cell(cache_dir, base, tok, params, t, seed=seed, counts=[int(c) for c in counts],
+                                 accelerator=acc, batches=batches[t])
+            rows.append({"source": s, "target": t, "seed": int(seed), "kind": kind,
+                         "accuracy": rec["accuracy"], "counts": " ".join(map(str, counts)),
+                         "same_counts": bool(np.array_equal(native, moved)), "cached": rec.get("cached", False)})
+    return pd.DataFrame(rows)

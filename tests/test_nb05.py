@@ -60,3 +60,18 @@ def test_nb05_real_drift(request):
     assert (ok.regret.astype(float) >= -1e-12).all()
     assert set(ok.program) == {"allocate", "prune"}
     assert (out / "real_drift_heatmap.png").exists()
+    # section 3: native vs transferred expert counts, fine-tuned per seed on the target task
+    p = load(ROOT / SMOKE)
+    if p.transfer.downstream_pairs > 0:
+        down = pd.read_csv(out / "downstream.csv")
+        pairs = set(zip(down.source, down.target))
+        assert 1 <= len(pairs) <= p.transfer.downstream_pairs
+        assert len(down) == len(pairs) * len(p.allocation.seeds) * 2
+        assert set(down.kind) == {"native", "transferred"}
+        assert down.accuracy.between(0, 1).all()
+        for (s, t), g in down.groupby(["source", "target"]):
+            counts = g.groupby("kind").counts.first()
+            assert (counts["native"] == counts["transferred"]) == bool(g.same_counts.iloc[0])
+            # every allocation spends the same budget of experts
+            assert sum(map(int, counts["native"].split())) == sum(map(int, counts["transferred"].split())) \
+                == p.allocation.total_experts
