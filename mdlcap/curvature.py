@@ -488,6 +488,9 @@ def _gains_diag_fisher(model, batches, blocks, *, damping, loss_fn, progress, gr
 
 
 # ----------------------------------------------------------------------------- K-FAC / EK-FAC
+SHARE_KFAC_INPUTS = True    # modules fed the same tensor (q/k/v, gate/up) share one A factor and its eigenbasis
+
+
 class _KfacHooks:
     """Forward/backward hooks on the nn.Linear modules whose weight is scored.
 
@@ -504,8 +507,13 @@ class _KfacHooks:
         self.mode = "factors"
         self.scale = None          # (B,) per-sample rescaling of δ
         self.QA, self.QG = {}, {}
+        self.alias: dict[str, str] = {}     # module -> module whose input (hence A) it shares (q/k/v, gate/up)
+        self._owner: dict[int, tuple[str, torch.Tensor]] = {}
         self._acts: dict[str, torch.Tensor] = {}
         self._handles = []
+
+    def new_batch(self):
+        self._owner.clear()
 
     def __enter__(self):
         for k, m in self.linears.items():
@@ -521,10 +529,16 @@ class _KfacHooks:
         def hook(mod, inp, out):
             if not torch.is_grad_enabled():
                 return
-            a = inp[0].detach().to(self.dtype)
+            src = inp[0]
+            a = src.detach().to(self.dtype)
             if self.mode == "factors":
-                a2 = a.reshape(-1, a.shape[-1])
-                self.A[key] += a2.T @ a2 / a2.shape[0]
+                owner = self._owner.get(id(src))
+                if SHARE_KFAC_INPUTS and owner is not None and owner[1] is src:   # same input as an earlier module
+                    self.alias.setdefault(key, owner[0])
+                elif key not in self.alias:
+                    self._owner[id(src)] = (key, src)           # keep src alive so its id is not reused
+                    a2 = a.reshape(-1, a.shape[-1])
+                    self.A[key] += a2.T @ a2 / a2.shape[0]
             else:
                 self._acts[key] = a @ self.QA[key]                          # (B, T, in) in eigenbasis
             if out.requires_grad:
@@ -570,6 +584,7 @@ def _gains_kfac(model, batches, blocks, *, damping, loss_fn, progress, eigen_cor
         for b in tqdm(batches, desc="kfac factors", disable=not progress):
             b = _to_device(b, device)
             w = sample_weights(b, loss_fn)
+            hooks.new_batch()
             loss, _ = _call_loss(model, b, loss_fn)
             B = _batch_size(b)
             hooks.scale = (1.0 / w).to(dtype).nan_to_num(posinf=0.0).to(device) if w is not None else None
@@ -580,11 +595,16 @@ def _gains_kfac(model, batches, blocks, *, damping, loss_fn, progress, eigen_cor
             n_samples += B
         n = _global_count(len(batches), device)
         _allreduce_(g_acc + d_acc + list(hooks.A.values()) + list(hooks.G.values()))
-        eig = {}
+        hooks.new_batch()
+        eig, a_eig = {}, {}
         for k in linears:
-            ea, qa = torch.linalg.eigh(hooks.A[k] / n)
+            owner = hooks.alias.get(k, k)
+            if owner not in a_eig:                       # one eigendecomposition per distinct input
+                ea, qa = torch.linalg.eigh(hooks.A[owner] / n)
+                a_eig[owner] = (ea.clamp_min(0), qa)
+            ea, qa = a_eig[owner]
             eg, qg = torch.linalg.eigh(hooks.G[k] / n)
-            eig[k] = (ea.clamp_min(0), eg.clamp_min(0))
+            eig[k] = (ea, eg.clamp_min(0))
             hooks.QA[k], hooks.QG[k] = qa, qg
         if eigen_corrected:                      # second pass: re-fit eigenvalues to per-sample grads
             hooks.mode = "eigen"

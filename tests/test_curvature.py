@@ -263,6 +263,18 @@ def test_every_method_runs_on_hf_model(method, curvature, blocks):
     assert all(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.parametrize("method", ["kfac", "ekfac"])
+def test_kfac_shared_inputs_give_the_same_scores(monkeypatch, method):
+    """q/k/v (and gate/up) read the same tensor: sharing their A factor must not change ζ²."""
+    model = random_model(**SMOKE_CFG).double()
+    batches = _hf_batches(vocab=64, n=2, B=3, T=8)
+    shared = C.layer_gains(model, batches, method=method, progress=False)
+    monkeypatch.setattr(C, "SHARE_KFAC_INPUTS", False)
+    separate = C.layer_gains(model, batches, method=method, progress=False)
+    for k in shared:
+        assert shared[k] == pytest.approx(separate[k], rel=1e-9)
+
+
 def test_attn_mlp_blocks_partition_each_layer():
     model = random_model(**SMOKE_CFG)
     blk = C.resolve_blocks(model, "attn_mlp")
