@@ -51,7 +51,7 @@ import numpy as np
 
 from . import io as mio
 
-DATA_VERSION = "3"          # bump when a generator changes: the cache key follows
+DATA_VERSION = "4"          # bump when a generator changes: the cache key follows
 FINETUNE_SPLITS = ("train", "validation", "test")
 TEXT_SPLITS = ("calibration", "heldout")
 GENERATED_FINETUNE = ("cola", "mrpc", "csqa", "obqa", "sciq")
@@ -298,10 +298,12 @@ def _obqa(rng, n_total):
         if rng.integers(2):
             facts.reverse()
         q = f"Fact: {facts[0]} Fact: {facts[1]}\nQuestion: Which box holds the {o1}?\nAnswer: the"
-        others = [c2] + [c for c in _COLORS if c not in (c1, c2)]
-        label = int(rng.integers(4))
-        rest = [c2] + [others[1:][k] for k in rng.choice(len(others) - 1, 2, replace=False)]
+        # the other fact's colour is always a distractor: copying "a colour from the facts" is
+        # not enough, the answer must be bound to the asked object
+        free = [c for c in _COLORS if c not in (c1, c2)]
+        rest = [c2] + [free[k] for k in rng.choice(len(free), 2, replace=False)]
         order = [rest[k] for k in rng.permutation(3)]
+        label = int(rng.integers(4))
         order.insert(label, c1)
         rows.append((q, order, label))
     return rows
@@ -548,7 +550,7 @@ def ensure(params) -> Path:
         return root
     from . import evaluation
     import fcntl
-    with open(mio.cache_dir("data") / ".lock", "w") as lock:
+    with open(mio.cache_dir("data") / f".lock-{root.name}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (root / "DONE").exists():
             return root

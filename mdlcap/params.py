@@ -51,11 +51,12 @@ class ArchitectureParams:
 
 @dataclass
 class PretrainParams:
-    steps: int = 600
+    """Recipe of the embedded default's pretraining (mdlcap.pretrain); part of its cache key."""
+    steps: int = 450
     batch_size: int = 16
     seq_len: int = 128
     lr: float = 3e-3
-    warmup: int = 50
+    warmup: int = 40
     weight_decay: float = 0.1
 
 

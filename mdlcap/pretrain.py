@@ -183,18 +183,31 @@ def pretrain(params, out_dir: Path, progress: bool = True) -> dict:
     return metrics
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def build(params, progress: bool = True, force: bool = False) -> Path:
     """Path of the default model for these params, pretraining it first if not cached.
 
-    Concurrent builders wait on a file lock; the model is trained into a temp folder and
-    renamed into place when complete."""
+    Builders of the same key wait on a per-key file lock; the model is trained into a temp
+    folder and renamed into place when complete. Temp folders of killed builds are removed."""
     final = model_dir(params)
     if is_built(final) and not force:
         return final
-    with open(mio.cache_dir("models") / ".lock", "w") as lock:
+    with open(final.parent / f".lock-{final.name}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_built(final) and not force:
             return final
+        for stale in final.parent.glob(f".tmp-{final.name}-*"):
+            if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
