@@ -205,6 +205,7 @@ class PrecisionParams:
     mdl_beta: float = 1.0
     mdl_gamma: float = 0.5
     kappa_factor: float = 2.0            # robustness ablation: κ off by this factor
+    alt_bit_choices: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 8, 16, 32])  # finer grid ablation ([] = skip)
 
 
 @dataclass
@@ -381,6 +382,9 @@ def _check_values(p: Params, src: str) -> None:
     need(len(p.precision.eps_rel_range) == 2 and 0 < p.precision.eps_rel_range[0] < p.precision.eps_rel_range[1],
          "precision.eps_rel_range", "must be [lo, hi] with 0 < lo < hi")
     need(p.precision.n_eps >= 1 and p.precision.n_random >= 1, "precision.n_eps", "and n_random must be >= 1")
+    need(all(2 <= b <= 32 for b in p.precision.alt_bit_choices)
+         and p.precision.alt_bit_choices == sorted(set(p.precision.alt_bit_choices)),
+         "precision.alt_bit_choices", "must be [] or increasing distinct integers in [2, 32]")
     need(p.transfer.n_instances >= 1, "transfer.n_instances", "must be >= 1")
     need(p.transfer.K >= 2, "transfer.K", "must be >= 2")
     need(p.transfer.n_sweep >= 1, "transfer.n_sweep", "must be >= 1")

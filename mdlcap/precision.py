@@ -31,7 +31,7 @@ from .precision_solve import (BIT_CHOICES, Infeasible, allocate_exact, allocate_
                               mdl_bits, pareto_front, precision_floor)
 
 MODELS = ("mlp2", "mlp4", "cnn")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 # --------------------------------------------------------------------------- quantisation
@@ -369,7 +369,7 @@ class StudyConfig:
     bits: tuple[int, ...] = BIT_CHOICES
     eps_rel: tuple[float, ...] = tuple(np.logspace(-3, np.log10(3.0), 12))   # ε_target / median ‖F(x)‖
     avg_bits_targets: tuple[float, ...] = (4, 5, 6, 7, 8, 10, 12, 16)
-    uniform_int: tuple[int, ...] = (3, 4, 5, 6, 7, 8, 10, 12, 16)
+    uniform_int: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 10, 12, 16)
     n_random: int = 100
     quantize_activations: bool = True
     eps0: float = 0.0
@@ -389,7 +389,7 @@ def study_model(model: QuantNet, data: ImageData, stats: pd.DataFrame, cfg: Stud
                 device: str = "cpu") -> dict[str, pd.DataFrame]:
     """Run every allocation method on one trained network; one row per (method, knob).
 
-    `knob`: ε_target / median ‖F(x)‖ for the CAQ rows, the average-bits target for the
+    `knob`: ε_target / median ‖F(x)‖ for the CAQ rows (−b: ε = Φ of uniform b bits), the average-bits target for the
     budgeted baselines, the width for uniform. Returns {"alloc": allocations with test accuracy, avg bits, predicted Φ and observed error,
     "floor": p*_i against the empirically needed bits, "contrib": per-layer predicted vs observed
     error contributions of the CAQ allocations}.
@@ -436,9 +436,10 @@ def study_model(model: QuantNet, data: ImageData, stats: pd.DataFrame, cfg: Stud
     contrib = []
     # the sweep, plus the Φ of every uniform allocation on the grid: at those targets CAQ and
     # uniform promise the same error, so CAQ's bit-operations can only be lower (exactness)
-    eps_uniform = [composed_error(Ls, diam, [b] * len(a), cfg.eps0) / out_scale for b in cfg.bits]
-    for r in sorted(set(cfg.eps_rel) | {float(e) * (1 + 1e-9) for e in eps_uniform}):
-        eps = r * out_scale
+    # (knob −b marks "ε = Φ(uniform b)"; positive knobs are ε / median ‖F(x)‖, shared across seeds)
+    targets = [(float(r), float(r) * out_scale) for r in cfg.eps_rel]
+    targets += [(-float(b), composed_error(Ls, diam, [b] * len(a), cfg.eps0) * (1 + 1e-9)) for b in cfg.bits]
+    for r, eps in targets:
         p_star = precision_floor(kap, diam, eps)
         cost, err, allowed = caq_tables(a, flops, cfg.bits, p_star)
         try:   # ablation: the same program without the floors p_i ≥ p*_i (does p* matter?)
@@ -554,14 +555,15 @@ def run_study(params, data: ImageData, model_name: str, seed: int, device: str =
     names = ("stats", "alloc", "floor", "contrib")
     if all((folder / f"{n}.csv").exists() for n in names):
         return {n: pd.read_csv(folder / f"{n}.csv") for n in names}
-    model = trained_model(model_name, data, seed=seed, epochs=pp.epochs, lr=pp.lr, batch_size=pp.batch_size,
-                          device=device)
-    torch.manual_seed(seed)
-    xv = torch.as_tensor(data.x_val, device=device)
-    yv = torch.as_tensor(data.y_val, device=device)
-    stats = layer_stats(model, xv, yv, n_probes=pp.n_probes, n_batches=pp.n_batches, batch_size=pp.batch_size,
-                        power_iters=pp.power_iters, seed=seed)
-    out = {"stats": stats, **study_model(model, data, stats, config_from_params(pp, seed), device=device)}
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        # networks this small gain nothing from intra-op threads, and on a shared 2-core
+        # machine two spinning threads ran 3-5x slower than one (measured while writing this)
+        torch.set_num_threads(1)
+    try:
+        out = _run_study_uncached(params, data, model_name, seed, device)
+    finally:
+        torch.set_num_threads(threads)
     for n in names:
         df = out[n].copy()
         df.insert(0, "seed", seed)
@@ -569,3 +571,15 @@ def run_study(params, data: ImageData, model_name: str, seed: int, device: str =
         out[n] = df
         mio.atomic_write_text(folder / f"{n}.csv", df.to_csv(index=False))
     return out
+
+
+def _run_study_uncached(params, data: ImageData, model_name: str, seed: int, device: str) -> dict[str, pd.DataFrame]:
+    pp = params.precision
+    model = trained_model(model_name, data, seed=seed, epochs=pp.epochs, lr=pp.lr, batch_size=pp.batch_size,
+                          device=device)
+    torch.manual_seed(seed)
+    xv = torch.as_tensor(data.x_val, device=device)
+    yv = torch.as_tensor(data.y_val, device=device)
+    stats = layer_stats(model, xv, yv, n_probes=pp.n_probes, n_batches=pp.n_batches, batch_size=pp.batch_size,
+                        power_iters=pp.power_iters, seed=seed)
+    return {"stats": stats, **study_model(model, data, stats, config_from_params(pp, seed), device=device)}

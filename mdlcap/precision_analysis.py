@@ -18,7 +18,7 @@ def bits_matrix(alloc: pd.DataFrame) -> list[list[int]]:
     return [[int(b) for b in s.split("-")] for s in alloc["bits"]]
 
 
-def frontier(alloc: pd.DataFrame, methods=MAIN) -> pd.DataFrame:
+def frontier(alloc: pd.DataFrame, methods=MAIN + ["uniform_int"]) -> pd.DataFrame:
     """Mean accuracy and average bits over seeds per (model, method, knob), and whether the
     point lies on the method's accuracy-vs-bits Pareto frontier (no point with fewer or equal
     bits has higher accuracy)."""
@@ -179,9 +179,10 @@ def plot_pareto(front: pd.DataFrame):
     for ax, m in zip(axes[0], models):
         for meth, g in front[front.model == m].groupby("method"):
             f = g[g.on_front].sort_values("avg_bits")
-            ax.plot(f["avg_bits"], 100 * f["acc"], marker="o", ms=3, label=meth)
+            ax.plot(f["avg_bits"], 100 * f["acc"], marker="o", ms=3, label=meth,
+                    ls="--" if meth == "uniform_int" else "-", color="k" if meth == "uniform_int" else None)
         ax.set_xscale("log", base=2)
-        ax.set_xticks([4, 6, 8, 12, 16, 24, 32], ["4", "6", "8", "12", "16", "24", "32"])
+        ax.set_xticks([2, 3, 4, 6, 8, 12, 16, 24, 32], ["2", "3", "4", "6", "8", "12", "16", "24", "32"])
         ax.set_xlabel("average bits per weight")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(m)

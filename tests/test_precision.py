@@ -14,6 +14,15 @@ from mdlcap import precision_data as D
 from mdlcap import precision_solve as S
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: two intra-op threads only spin against each other on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # --------------------------------------------------------------------------- exact solver
 def _brute(cost, err, allowed, budget=None, cap=None):
     L, K = cost.shape
