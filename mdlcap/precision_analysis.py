@@ -187,7 +187,8 @@ def plot_pareto(front: pd.DataFrame):
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(m)
         lo = 100 * front[front.model == m]["acc"].quantile(0.2)
-        ax.set_ylim(max(0, lo - 2), None)
+        hi = 100 * front[front.model == m]["acc"].max()
+        ax.set_ylim(max(0, lo - 2), min(100.2, hi + 0.5))
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     return fig
