@@ -208,14 +208,16 @@ def cached_cell(cache_dir, base_model, tokenizer, params, task: str, *, seed: in
 
 
 # --------------------------------------------------------------------------- multi-GPU entry point
-def allocations_for(params, scores, n_layers: int, task: str) -> dict[str, list[int]]:
-    """{method: expert counts} for every method of `allocation.methods` that `scores` supports."""
+def allocations_for(params, scores, n_layers: int, task: str, alphas=None) -> dict[str, list[int]]:
+    """{method: expert counts} for every method of `allocation.methods` that `scores` supports
+    (`alphas`: per-layer PL-alpha of the base model, `allocation_baselines.layer_alphas`, for alphalora)."""
     from .allocation_baselines import allocate
 
     a = params.allocation
     out = {}
     for m in a.methods:
-        c = allocate(m, n_layers=n_layers, total=a.total_experts, params=a, scores=scores, task=task)
+        c = allocate(m, n_layers=n_layers, total=a.total_experts, params=a, scores=scores, task=task,
+                     alphas=alphas)
         if c is not None:
             out[m] = [int(x) for x in c]
     return out
@@ -256,8 +258,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     model, tok = models.load(params, device=str(accelerator.device))
     scores = curvature.load_scores(run_root)
     L = len(decoder_layers(model))
-    for task in args.tasks or params.data.finetune_tasks:
-        allocs = allocations_for(params, scores, L, task)
+    from .allocation_baselines import layer_alphas
+
+    alphas = layer_alphas(model) if "alphalora" in params.allocation.methods else None
+    for task in args.tasks or params.allocation.tasks or params.data.finetune_tasks:
+        allocs = allocations_for(params, scores, L, task, alphas=alphas)
         batches = task_train_batches(params, tok, task)
         for method in args.methods or list(allocs):
             if method not in allocs:
