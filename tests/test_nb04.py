@@ -1,6 +1,8 @@
 """Notebook 04 (pruning) end to end at smoke size; checks the values of the tables it writes."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +15,8 @@ pytestmark = pytest.mark.notebook
 
 @pytest.fixture(scope="module")
 def out(smoke_scores):
+    # a fresh run: the per-config evaluation cache would otherwise answer from an earlier run
+    shutil.rmtree(ROOT / "results" / "smoke" / "04_pruning" / "cache", ignore_errors=True)
     return run_notebook("04_pruning")
 
 
