@@ -114,6 +114,11 @@ def resolve_blocks(model: nn.Module, blocks=None) -> dict[str, list[nn.Parameter
 
 
 # ----------------------------------------------------------------------------- helpers
+def _no_bar(progress: bool) -> bool:
+    """Progress bars off when asked, or when TQDM_DISABLE is set (papermill runs, tests)."""
+    return (not progress) or os.environ.get("TQDM_DISABLE", "") not in ("", "0", "false", "False")
+
+
 def _dist():
     """torch.distributed when a process group is up, else None."""
     import torch.distributed as dist
@@ -285,7 +290,7 @@ def block_gradients(model, batches, params, loss_fn=None, progress=False) -> lis
     dtype = _acc_dtype(params)
     acc = [torch.zeros_like(p, dtype=dtype) for p in params]
     with _scoring_mode(model, params):
-        for b in tqdm(batches, desc="gradient", leave=False, disable=not progress):
+        for b in tqdm(batches, desc="gradient", leave=False, disable=_no_bar(progress)):
             loss, _ = _call_loss(model, _to_device(b, device), loss_fn)
             for a, g in zip(acc, _grads(loss, params)):
                 a += g.to(dtype)
@@ -401,7 +406,7 @@ def _gains_cg(model, batches, blocks, *, curvature, damping, loss_fn, max_iter, 
     with _scoring_mode(model, all_params), eager_attention(model):
         grads = block_gradients(model, batches, all_params, loss_fn, progress=progress)
         gi = 0
-        bar = tqdm(blocks.items(), desc=f"cg/{curvature} blocks", disable=not progress)
+        bar = tqdm(blocks.items(), desc=f"cg/{curvature} blocks", disable=_no_bar(progress))
         for name, params in bar:
             g = _flat(grads[gi:gi + len(params)], _acc_dtype(params))
             gi += len(params)
@@ -447,7 +452,7 @@ def _gains_diag_fisher(model, batches, blocks, *, damping, loss_fn, progress, gr
     f_acc = [torch.zeros_like(p, dtype=dtype) for p in all_params]
     n_samples = 0
     with _scoring_mode(model, all_params):
-        for b in tqdm(batches, desc="diag_fisher batches", disable=not progress):
+        for b in tqdm(batches, desc="diag_fisher batches", disable=_no_bar(progress)):
             b = _to_device(b, device)
             w = sample_weights(b, loss_fn) if granularity == "sample" else None
             if granularity == "sample" and w is None:
@@ -581,7 +586,7 @@ def _gains_kfac(model, batches, blocks, *, damping, loss_fn, progress, eigen_cor
     hooks = _KfacHooks(linears, dtype)
     n_samples = 0
     with _scoring_mode(model, all_params), hooks:
-        for b in tqdm(batches, desc="kfac factors", disable=not progress):
+        for b in tqdm(batches, desc="kfac factors", disable=_no_bar(progress)):
             b = _to_device(b, device)
             w = sample_weights(b, loss_fn)
             hooks.new_batch()
@@ -608,7 +613,7 @@ def _gains_kfac(model, batches, blocks, *, damping, loss_fn, progress, eigen_cor
             hooks.QA[k], hooks.QG[k] = qa, qg
         if eigen_corrected:                      # second pass: re-fit eigenvalues to per-sample grads
             hooks.mode = "eigen"
-            for b in tqdm(batches, desc="ekfac eigenvalues", disable=not progress):
+            for b in tqdm(batches, desc="ekfac eigenvalues", disable=_no_bar(progress)):
                 b = _to_device(b, device)
                 w = sample_weights(b, loss_fn)
                 hooks.scale = (1.0 / w).to(dtype).nan_to_num(posinf=0.0).to(device) if w is not None else None
@@ -1004,7 +1009,7 @@ def single_layer_decreases(model, train_batches, heldout_batches, steps: Mapping
     base_train = mean_loss(model, train_batches, loss_fn)
     rows = []
     device = _model_device(model)
-    for name, params in tqdm(blk.items(), desc="single-layer decreases", disable=not progress):
+    for name, params in tqdm(blk.items(), desc="single-layer decreases", disable=_no_bar(progress)):
         row = {"block": name, "heldout_loss": base}
         if name in steps:
             with applied_step(params, steps[name]):
@@ -1037,7 +1042,7 @@ def damping_sweep(model, batches, blocks: Mapping[str, list], lambdas, *, max_it
     base = mean_loss(model, batches, loss_fn)
     rows = []
     for name, params in blocks.items():
-        for lam in tqdm(list(lambdas), desc=f"λ sweep {name}", disable=not progress):
+        for lam in tqdm(list(lambdas), desc=f"λ sweep {name}", disable=_no_bar(progress)):
             r = layer_gains(model, batches, method="cg", curvature="ggn", damping=float(lam), blocks={name: params},
                             loss_fn=loss_fn, max_iter=max_iter, tol=tol, progress=False, return_steps=True)
             d = r.steps[name]

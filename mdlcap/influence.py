@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .curvature import (_acc_dtype, _allreduce_, _call_loss, _check_batches, _flat, _global_count, _grads,
-                        _model_device, _scoring_mode, _to_device, block_gradients, resolve_blocks, split_samples)
+                        _model_device, _no_bar, _scoring_mode, _to_device, block_gradients, resolve_blocks, split_samples)
 
 
 @dataclass
@@ -103,7 +103,7 @@ def layer_influence(model, train_batches, val_batches, *, blocks=None, loss_fn=N
     with _scoring_mode(model, params):
         def sample_grads(desc):
             for s in tqdm(_sample_stream(train_batches, device), total=n_local, desc=desc, leave=False,
-                          disable=not progress):
+                          disable=_no_bar(progress)):
                 loss, _ = _call_loss(model, s, loss_fn)
                 yield per_block(_grads(loss, params))
 
