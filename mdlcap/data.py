@@ -20,10 +20,10 @@ is split by paragraph, from `data.seed`, into a pretraining part and a held-out 
     obqa  open book: two generated facts, a question about one of them (4 choices)
     sciq  which language-reference section does this sentence come from? (4 section titles)
   zero-shot stand-ins (test split only; answerable by a model pretrained on the corpus)
-    rte            premise -> an entailed span of it vs a span of another sentence (2)
+    rte            premise -> an entailed span of it vs that span with two words swapped in (2)
     boolq          passage -> the verbatim claim vs the claim with one word swapped (2)
     winogrande     a sentence's word vs another word of the same sentence, then the rest (2)
-    hellaswag      sentence start -> its real ending vs endings of other sentences (4)
+    hellaswag      sentence start -> its real ending vs shuffled endings of other sentences (4)
     arc_easy       next word vs random corpus words (4)
     arc_challenge  next word vs words from the same paragraph (4)
     openbookqa     previous sentence as the "book", then arc_challenge on the next one (4)
@@ -51,7 +51,7 @@ import numpy as np
 
 from . import io as mio
 
-DATA_VERSION = "4"          # bump when a generator changes: the cache key follows
+DATA_VERSION = "5"          # bump when a generator changes: the cache key follows
 FINETUNE_SPLITS = ("train", "validation", "test")
 TEXT_SPLITS = ("calibration", "heldout")
 GENERATED_FINETUNE = ("cola", "mrpc", "csqa", "obqa", "sciq")
@@ -166,8 +166,11 @@ def _prose_sentences(paragraph: str) -> list[str]:
 
 @lru_cache(maxsize=16)
 def sentences(seed: int, split: str, source: str | None = None) -> list[dict[str, Any]]:
-    """Prose sentences of a corpus split (each text once), with paragraph index and title."""
+    """Prose sentences of a corpus split (each text once), with paragraph index and title.
+    Sentences of other splits never repeat a pretraining sentence (docstrings repeat)."""
     out, seen = [], set()
+    if split != "pretrain":
+        seen = {s["text"] for s in sentences(seed, "pretrain")}
     for i, p in enumerate(corpus(seed)[split]):
         if source and p["source"] != source:
             continue
@@ -339,13 +342,18 @@ def _zeroshot(task: str, rng, sents, n_total):
         words = s["text"].rstrip(".").split()
         cw = _content_words(words)
         if task in ("hellaswag",):
+            # the real ending vs endings of other held-out sentences with their words shuffled:
+            # a small LM cannot judge topical fit (tried: at chance) but can judge fluency
             cut = int(len(words) * 0.6)
+            if len(words) - cut < 3:
+                continue
             ending = " ".join(words[cut:]) + "."
             others = []
             while len(others) < 3:
-                o = sents[int(rng.integers(len(sents)))]["text"].split()
-                oe = " ".join(o[int(len(o) * 0.6):])
-                if oe != ending:
+                o = sents[int(rng.integers(len(sents)))]["text"].rstrip(".").split()
+                oe = o[int(len(o) * 0.6):]
+                oe = " ".join(oe[j] for j in rng.permutation(len(oe))) + "."
+                if oe != ending and oe not in others:
                     others.append(oe)
             choices, label = _place_answer(rng, ending, others, 4)
             rows.append((" ".join(words[:cut]), choices, label))
@@ -390,17 +398,23 @@ def _zeroshot(task: str, rng, sents, n_total):
             choices, label = _place_answer(rng, " ".join(claim) + "?", [" ".join(bad) + "?"], 2)
             rows.append((q, choices, label))
         elif task == "rte":
+            # entailed: a span of the premise; not entailed: the same span with two words
+            # replaced by words of another sentence (a span of another sentence: at chance)
             n = int(rng.integers(5, 8))
             if len(words) < n + 1:
                 continue
             a = int(rng.integers(0, len(words) - n + 1))
-            hyp = " ".join(words[a:a + n])
-            o = sents[int(rng.integers(len(sents)))]["text"].rstrip(".").split()
-            if len(o) < n or o == words:
+            span = words[a:a + n]
+            o = [w for w in sents[int(rng.integers(len(sents)))]["text"].rstrip(".").split() if w.isalpha()]
+            if len(o) < 2:
                 continue
-            b = int(rng.integers(0, len(o) - n + 1))
+            bad = list(span)
+            for j, w in zip(rng.choice(n, 2, replace=False), rng.choice(len(o), 2, replace=False)):
+                bad[int(j)] = o[int(w)]
+            if bad == span:
+                continue
             q = f"{s['text']}\nIn other words,"
-            choices, label = _place_answer(rng, hyp + ".", [" ".join(o[b:b + n]) + "."], 2)
+            choices, label = _place_answer(rng, " ".join(span) + ".", [" ".join(bad) + "."], 2)
             rows.append((q, choices, label))
         else:
             raise ValueError(f"task: unknown generated zero-shot task '{task}' (known: {GENERATED_ZEROSHOT})")
