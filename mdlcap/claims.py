@@ -85,11 +85,13 @@ def _closed_forms(r: Path) -> ClaimResult:
 
 def _solver_speed(r: Path) -> ClaimResult:
     s = _json(r, "01_derivations", "summary")
-    t6 = max(s["allocate_bisection_K1000000_s"], s["prune_bisection_K1000000_s"])
+    import re
+    big = max(int(m.group(1)) for k in s if (m := re.fullmatch(r"allocate_bisection_K(\d+)_s", k)))
+    t6 = max(s[f"allocate_bisection_K{big}_s"], s[f"prune_bisection_K{big}_s"])
     us = max(s["allocate_bisection_K32_median_us"], s["prune_bisection_K32_median_us"])
     sp = min(s["allocate_exact_speedup_K32"], s["prune_exact_speedup_K32"])
     return ClaimResult(f"K=32: ≤{us:.0f} µs (bisection), exact solver ≥{sp:.0f}× faster than cvxpy; "
-                       f"K=10⁶: {t6:.2f} s", "numpy on this machine's CPU",
+                       f"K={big:.0e}: {t6:.2f} s", "numpy on this machine's CPU",
                        "reproduced" if t6 < 5 else "not reproduced",
                        "O(K log 1/ε) bisection and an exact O(K log K) breakpoint solver; "
                        "the 1000× target over cvxpy at K=32 is " + ("met" if sp >= 1000 else "not met (Python call overhead floor)"))
@@ -136,4 +138,127 @@ def _caq_saving(r: Path) -> ClaimResult:
 CLAIMS += [
     Claim("CAQ saves 15–25% memory over uniform precision at equal accuracy", "proposal (seed 003)",
           "15–25%", _caq_saving),
+]
+
+
+# --------------------------------------------------------------------------- notebook 02
+def _zeta_vs_gradnorm(r: Path) -> ClaimResult:
+    v = _csv(r, "02_curvature_scores", "validation_rank_correlation")
+    v = v[v.target == "finetune_heldout_decrease"].set_index("method")["spearman"]
+    z, g = float(v["cg_ggn"]), float(v["grad_norm"])
+    sweep = _csv(r, "02_curvature_scores", "validation_vs_damping")
+    cg = sweep[sweep.method == "cg_ggn"]
+    best = cg.loc[cg.spearman_finetune.idxmax()]
+    ok = z > g
+    return ClaimResult(
+        f"Spearman with one-layer fine-tuning gain: ζ² (CG-GGN) {z:+.2f} vs ‖g‖² {g:+.2f}; "
+        f"best ζ² over λ {best.spearman_finetune:+.2f} at λ={best.damping:g}", _scale(r),
+        "reproduced" if ok else "not reproduced",
+        "ranking of layers by measured held-out decrease; the paper never tests this claim"
+        + ("" if ok else "; CG residual at the default λ: "
+           f"{float(cg.iloc[0].cg_rel_residual_median):.2f}"))
+
+
+CLAIMS += [
+    Claim("ζ² ranks layers by reducible risk and strictly dominates the gradient norm", "abstract, §2.2",
+          "claimed, not measured", _zeta_vs_gradnorm),
+]
+
+
+# --------------------------------------------------------------------------- notebook 03
+def _alloc_pool(pool: str, paper: str):
+    def check(r: Path) -> ClaimResult:
+        vs = _json_list(r, "03_allocation", "verdict")
+        v = next((x for x in vs if x["pool"] == pool), None)
+        if v is None:
+            raise FileNotFoundError(r / "03_allocation" / "verdict.json")
+        ok = v["call"] == "MDL better"
+        return ClaimResult(f"MDL − LayerIF = {v['diff_points']:+.2f} pts (seed noise {v['seed_noise_points']:.2f}, "
+                           f"{v['n_seeds']} seeds): {v['call']}", _scale(r),
+                           "reproduced" if ok else "not reproduced",
+                           f"paper: {paper}; stand-in tasks on the embedded model are not the paper's benchmarks")
+    return check
+
+
+def _json_list(r: Path, nb: str, name: str):
+    import json
+    p = r / nb / f"{name}.json"
+    if not p.exists():
+        raise FileNotFoundError(p)
+    return json.loads(p.read_text())
+
+
+def _sciq(r: Path) -> ClaimResult:
+    c = _csv(r, "03_allocation", "paper_comparison")
+    row = c[(c.pool == "All") & (c.paper_task == "ScienceQA")]
+    if row.empty:
+        raise FileNotFoundError(r / "03_allocation" / "paper_comparison.csv")
+    d = float(row.ours_diff.iloc[0])
+    return ClaimResult(f"MDL − LayerIF on the ScienceQA stand-in: {d:+.2f} pts", _scale(r),
+                       "reproduced" if d > 5 else "not reproduced", "single-task gap of the All pool")
+
+
+def _gemma(r: Path) -> ClaimResult:
+    if "gemma" not in r.name:
+        return ClaimResult("—", "—", "not testable here", "needs Gemma-7B weights and GPUs "
+                           "(`make all PARAMS=params/gemma-7b.yaml`)")
+    return _alloc_pool("+ve", "ties on Gemma-7B")(r)
+
+
+CLAIMS += [
+    Claim("MDL expert allocation beats LayerIF on Mistral-7B (All scores)", "§3.4, Table 4", "83.07 vs 80.41 (+2.66)",
+          _alloc_pool("All", "+2.66 on Mistral-7B")),
+    Claim("MDL expert allocation beats LayerIF on Mistral-7B (+ve scores)", "§3.4, Table 4", "84.06 vs 83.39 (+0.67)",
+          _alloc_pool("+ve", "+0.67 on Mistral-7B")),
+    Claim("Largest single gain on ScienceQA", "§3.4, Table 4", "+13.4", _sciq),
+    Claim("MDL and LayerIF tie on Gemma-7B", "§3.4, Table 5", "ties", _gemma),
+]
+
+
+# --------------------------------------------------------------------------- notebook 04
+def _pruning_parity(r: Path) -> ClaimResult:
+    t = _csv(r, "04_pruning", "paper_vs_ours")
+    t = t[t.score_method.str.startswith("layerif")]
+    if t.empty:
+        raise FileNotFoundError(r / "04_pruning" / "paper_vs_ours.csv")
+    worst = float(t.ours_diff.abs().max())
+    per = ", ".join(f"{p} {d:+.2f}" for p, d in t.groupby("pruner", sort=False).ours_diff.first().items())
+    same_as_uniform = bool((t.ours_mdl == t.ours_uniform).all())
+    return ClaimResult(f"MDL − LayerIF mean zero-shot accuracy at 50%: {per} pts"
+                       + ("; MDL ratios = uniform" if same_as_uniform else ""), _scale(r),
+                       "reproduced" if worst <= 1.0 else "not reproduced",
+                       "parity holds trivially where the paper's program is degenerate (uniform ratios, notebook 01)"
+                       if same_as_uniform else "MDL and LayerIF ratios differ and are compared head to head")
+
+
+def _gemma_pruning(r: Path) -> ClaimResult:
+    if "gemma" not in r.name:
+        return ClaimResult("—", "—", "not testable here", "needs Gemma-7B weights and GPUs")
+    return _pruning_parity(r)
+
+
+CLAIMS += [
+    Claim("At 50% sparsity MDL ratios match LayerIF on Mistral-7B", "§3.4, Table 1",
+          "Mag 56.23 vs 56.41, Wanda 58.63 vs 58.67, SparseGPT 60.18 vs 60.18", _pruning_parity),
+    Claim("On Gemma-7B MDL and LayerIF pruning split", "§3.4, Table 2", "mixed", _gemma_pruning),
+]
+
+
+# --------------------------------------------------------------------------- notebook 05
+def _regret(r: Path) -> ClaimResult:
+    v = _csv(r, "05_transfer_regret", "violations")
+    s = _csv(r, "05_transfer_regret", "slopes_pooled")
+    n, bad = int(v.instances.sum()), int(v.violations.sum())
+    inter = s[s.single_regime == "interior"]
+    slope = float(inter.median_slope.median()) if not inter.empty else float(s.median_slope.median())
+    ok = bad == 0 and abs(slope - 2) < 0.2
+    return ClaimResult(f"{bad} violations in {n} random instances (all regimes); regret ∝ δ^{slope:.2f}; "
+                       f"largest regret/bound {float(v.max_ratio.max()):.2g}", "synthetic K-layer programs",
+                       "reproduced" if ok else "not reproduced",
+                       "the bound holds even where the proof's Step 2 fails (clipped coordinates): it has slack")
+
+
+CLAIMS += [
+    Claim("Transfer regret is O(δ²) with the Theorem-4 constants", "Appendix D, Thm 4",
+          "R ≤ (L_θ/2)(L_q/μ)²‖q_S − q_T‖²", _regret),
 ]

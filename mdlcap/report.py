@@ -49,6 +49,9 @@ def claims_table(run_root: Path) -> pd.DataFrame:
     for c in CLAIMS:
         try:
             r = c.evaluate(run_root)
+        except (KeyError, IndexError) as e:
+            r = ClaimResult(ours="—", scale="—", verdict="not testable here",
+                            why=f"this run's tables lack the value ({e}); a smoke-size run skips it")
         except FileNotFoundError as e:
             r = ClaimResult(ours="—", scale="—", verdict="not testable here",
                             why=f"the notebook that measures it has not run ({Path(str(e.filename or e)).name})")
