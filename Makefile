@@ -46,7 +46,7 @@ bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 report: $(STAMP)
-	$(BIN)/python -m mdlcap.report $(OUTDIR)
+	$(BIN)/python -m mdlcap.report $(OUTDIR) $(if $(filter tiny,$(RUN)),--readme README.md)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks

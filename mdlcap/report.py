@@ -106,12 +106,32 @@ def build(run_root: str | Path, html: bool = True) -> Path:
     return out
 
 
+START, END = "<!-- claims:start -->", "<!-- claims:end -->"
+
+
+def update_readme(run_root: Path, readme: Path) -> None:
+    """Rewrite the README's claims section (between the markers) from this run's claims table."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"readme: '{readme}' lacks the {START} / {END} markers")
+    t = claims_table(Path(run_root))[["claim", "paper", "ours", "scale", "verdict"]]
+    body = (f"*Written by `make report` from `{Path(run_root).as_posix()}`; "
+            f"the full report with every table and figure: [REPORT.md]({Path(run_root).as_posix()}/REPORT.md).*\n\n"
+            + _md_table(t, 100))
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    mio.atomic_write_text(readme, f"{head}{START}\n{body}\n{END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_root", help="results/<run> folder")
     ap.add_argument("--no-html", action="store_true", help="skip the nbconvert HTML rendering")
+    ap.add_argument("--readme", help="also rewrite this README's claims section")
     a = ap.parse_args(argv)
     print(build(a.run_root, html=not a.no_html))
+    if a.readme:
+        update_readme(Path(a.run_root), Path(a.readme))
     return 0
 
 
