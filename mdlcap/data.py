@@ -51,7 +51,8 @@ import numpy as np
 
 from . import io as mio
 
-DATA_VERSION = "5"          # bump when a generator changes: the cache key follows
+DATA_VERSION = "5"          # bump when a task generator changes: the data cache key follows
+CORPUS_VERSION = "4"        # bump only when the corpus or its split changes: the MODEL key follows
 FINETUNE_SPLITS = ("train", "validation", "test")
 TEXT_SPLITS = ("calibration", "heldout")
 GENERATED_FINETUNE = ("cola", "mrpc", "csqa", "obqa", "sciq")
@@ -139,7 +140,7 @@ def corpus(seed: int = 0) -> dict[str, list[dict[str, str]]]:
 
 def corpus_version() -> str:
     """What the corpus depends on besides the seed (the stdlib text changes with Python)."""
-    return f"py{platform.python_version()}-data{DATA_VERSION}"
+    return f"py{platform.python_version()}-data{CORPUS_VERSION}"
 
 
 _WORD = re.compile(r"^[A-Za-z][a-z]*[,;:]?$")
@@ -537,7 +538,8 @@ def data_key(params) -> str:
     d = params.data
     return mio.cache_key({"seed": d.seed, "finetune": d.finetune_tasks, "zeroshot": d.zeroshot_tasks,
                           "n": [d.n_train, d.n_validation, d.n_test, d.n_calibration, d.n_heldout,
-                                d.calibration_seq_len], "source": d.source, "corpus": corpus_version()})
+                                d.calibration_seq_len], "source": d.source, "corpus": corpus_version(),
+                          "generators": DATA_VERSION})
 
 
 def _check_task(params, task: str, split: str) -> str:
