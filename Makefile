@@ -22,6 +22,9 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= $(HF_HUB_OFFLINE)
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export PYTHONHASHSEED := 0
+# OpenMP threads sleep instead of spinning while they wait: on a shared 2-core machine spinning
+# made torch up to ~18x slower.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: all test nb bench report lab clean distclean venv
 all: $(STAMP)

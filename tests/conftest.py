@@ -13,6 +13,7 @@ SMOKE_DIR = ROOT / "results" / "smoke"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MDLCAP_ROOT", str(ROOT))
 
 
