@@ -343,12 +343,14 @@ def random_pruning_instance(rng, K: int, regime: str) -> tuple[tuple, dict]:
 def compare_instance(program: str, args: tuple, kw: dict) -> dict:
     """Closed form (bisection and exact) vs cvxpy on one instance: one row for a table."""
     if program == "allocate":
-        ours, ex, ref = P.allocate(*args, **kw), P.allocate(*args, method="exact", **kw), allocate_cvxpy(*args, **kw)
+        ours, ex, ref = (P.allocate(*args, method="bisection", **kw), P.allocate(*args, method="exact", **kw),
+                         allocate_cvxpy(*args, **kw))
         x, xe, dual = ours.n, ex.n, ours.mu
         ref_kkt = P.allocation_kkt(ref.x, max(ref.dual, 0.0), *args, **kw)
         extra = dict(n_zero=int(np.sum(x == 0)), n_clipped=0)
     else:
-        ours, ex, ref = P.prune(*args, **kw), P.prune(*args, method="exact", **kw), prune_cvxpy(*args, **kw)
+        ours, ex, ref = (P.prune(*args, method="bisection", **kw), P.prune(*args, method="exact", **kw),
+                         prune_cvxpy(*args, **kw))
         x, xe, dual = ours.rho, ex.rho, ours.nu
         ref_kkt = P.pruning_kkt(ref.x, ref.dual, *args, **kw)
         extra = dict(n_zero=int(np.sum(x == 0)), n_clipped=int(np.sum(x >= kw["rho_max"])))

@@ -25,7 +25,7 @@ from . import io as mio
 from .params import Params, load
 
 PACKAGES = ["mdlcap", "torch", "transformers", "tokenizers", "peft", "accelerate", "lm_eval",
-            "datasets", "cvxpy", "numpy", "scipy", "pandas", "matplotlib", "scikit-learn", "papermill"]
+            "datasets", "cvxpy", "numba", "numpy", "scipy", "pandas", "matplotlib", "scikit-learn", "papermill"]
 
 
 def _now() -> str:

@@ -101,7 +101,7 @@ def pruning_kkt_ok(inst, rho, nu, tau, tol=1e-8):
 @given(allocation_instances())
 def test_allocation_kkt_and_exact_agree(inst):
     kw = {k: inst[k] for k in ("alpha", "beta", "gamma")}
-    res = P.allocate(inst["q"], inst["cost"], inst["budget"], **kw)
+    res = P.allocate(inst["q"], inst["cost"], inst["budget"], method="bisection", **kw)
     if inst["alpha"] == 0:
         assert res.active                                                 # α = 0: budget always binds
     allocation_kkt_ok(inst, res.n, res.mu)
@@ -117,7 +117,7 @@ def test_allocation_kkt_and_exact_agree(inst):
 @given(pruning_instances())
 def test_pruning_kkt_and_exact_agree(inst):
     kw = {k: inst[k] for k in ("bits", "lam", "gamma", "rho_max", "equality")}
-    res = P.prune(inst["q"], inst["sizes"], inst["target"], **kw)
+    res = P.prune(inst["q"], inst["sizes"], inst["target"], method="bisection", **kw)
     pruning_kkt_ok(inst, res.rho, res.nu, res.tau)
     assert res.kkt_residual <= 1e-8
     ex = P.prune(inst["q"], inst["sizes"], inst["target"], method="exact", **kw)
@@ -334,13 +334,16 @@ BAD_ALLOC = [
     (dict(cost=[1.0, np.nan]), "cost"), (dict(budget=0.0), "budget"), (dict(budget=-1.0), "budget"),
     (dict(budget=np.inf), "budget"), (dict(alpha=-1.0), "alpha"), (dict(beta=0.0), "beta"),
     (dict(gamma=-0.5), "gamma"), (dict(tol=0.0), "tol"), (dict(tol=2.0), "tol"),
-    (dict(method="newton"), "method"),
+    (dict(method="newton"), "method"), (dict(q=[1e300, 1.0], gamma=2.0), "gamma"),
+    (dict(q=[1e-300, 1e-300], gamma=5.0), "q"),
 ]
 
 
+@pytest.mark.parametrize("method", ["exact", "bisection"])
 @pytest.mark.parametrize("bad,name", BAD_ALLOC)
-def test_allocate_bad_input(bad, name):
-    kw = dict(q=[0.5, 0.5], cost=[1.0, 1.0], budget=1.0)
+def test_allocate_bad_input(bad, name, method):
+    """Each solver path (numba kernels for exact, numpy for bisection) names the argument."""
+    kw = dict(q=[0.5, 0.5], cost=[1.0, 1.0], budget=1.0, method=method)
     kw.update(bad)
     with pytest.raises(ValueError, match=rf"^{name}:"):
         P.allocate(kw.pop("q"), kw.pop("cost"), kw.pop("budget"), **kw)
@@ -353,12 +356,14 @@ BAD_PRUNE = [
     (dict(target=-0.1), "target"), (dict(target=np.nan), "target"), (dict(rho_max=0.0), "rho_max"),
     (dict(rho_max=1.5), "rho_max"), (dict(lam=0.0), "lam"), (dict(bits=-1.0), "bits"),
     (dict(gamma=-1.0), "gamma"), (dict(tol=-1e-3), "tol"), (dict(method="sort"), "method"),
+    (dict(q=[1e-300, 1e-300], gamma=5.0), "q"),
 ]
 
 
+@pytest.mark.parametrize("method", ["exact", "bisection"])
 @pytest.mark.parametrize("bad,name", BAD_PRUNE)
-def test_prune_bad_input(bad, name):
-    kw = dict(q=[0.5, 0.5], sizes=[1.0, 2.0], target=0.3)
+def test_prune_bad_input(bad, name, method):
+    kw = dict(q=[0.5, 0.5], sizes=[1.0, 2.0], target=0.3, method=method)
     kw.update(bad)
     with pytest.raises(ValueError, match=rf"^{name}:"):
         P.prune(kw.pop("q"), kw.pop("sizes"), kw.pop("target"), **kw)
@@ -379,3 +384,16 @@ def test_allocate_integer_bad_input(bad, name):
 def test_scores_bad_input(bad):
     with pytest.raises(ValueError, match=r"^zeta2:"):
         P.scores_from_gains(bad)
+
+
+def test_exact_accepts_lists_views_and_scalar_cost():
+    """The kernels need contiguous float64; the wrappers convert whatever array-like comes in."""
+    rng = np.random.default_rng(3)
+    q = rng.dirichlet(np.ones(24))
+    wide = np.stack([q, q]).T                               # q as a strided column view
+    base = P.allocate(q, np.full(24, 0.5), 2.0, beta=0.9)
+    for qq, cost in ((q.tolist(), 0.5), (wide[:, 1], [0.5] * 24), (q.astype(np.float32), np.float64(0.5))):
+        np.testing.assert_allclose(P.allocate(qq, cost, 2.0, beta=0.9).n, base.n, rtol=1e-6)
+    sizes = rng.uniform(1, 3, 24)
+    base = P.prune(q, sizes, 0.4, rho_max=0.6, equality=True)
+    np.testing.assert_allclose(P.prune(wide[:, 0], sizes.tolist(), 0.4, rho_max=0.6, equality=True).rho, base.rho)
