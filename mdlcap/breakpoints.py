@@ -8,16 +8,18 @@ root is then the solution of a linear equation: no iteration tolerance, O(K log 
     allocation  n_k(λ) = max(0, w_k/(λ c_k) − 1),  λ = α + μ,  breakpoints r_k = w_k / c_k   (Eq 13)
     pruning     ρ_k(τ) = min(τ a_k, ρ_max),        τ = b + ν,  breakpoints ρ_max / a_k          (Eq 15)
 
-Each program is two kernels around one numpy argsort (numpy's sort is much faster than
-numba's at large K): `*_terms` checks the inputs and computes the per-layer terms and
-breakpoints in one pass, `*_solve` walks the sorted breakpoints and returns the solution.
+Per program: `*_terms` checks every input (arrays and scalars) and computes the per-layer
+terms and breakpoints in one pass, `*_walk` walks the sorted breakpoints and returns the
+solution, and `allocation` / `pruning` do both with the sort inside, in one call. numba's sort
+is much slower than numpy's at large K, so above SORT_IN_KERNEL_MAX_K layers `mdlcap.programs`
+calls the two halves around a numpy argsort instead.
 
 Why numba and not numpy: at the sizes that matter (K = 32 layers) a numpy version spends its
-~6 µs in the per-call overhead of ~20 small array operations, not in arithmetic; with the loops
-compiled the whole call takes a few µs (bench/bench_programs.py), and they read like the
-derivation. The kernels return a status instead of raising; `mdlcap.programs` re-validates in
-Python only when a check failed, to say which argument broke which rule. Compiled once per
-machine (`cache=True`); `error_model="numpy"` turns x/0 into an inf that the checks catch.
+~6 µs in the per-call overhead of ~20 small array operations, not in arithmetic; compiled, a
+whole call takes ~2 µs (bench/bench_programs.py), and the loops read like the derivation. The
+kernels return a status instead of raising; `mdlcap.programs` re-validates in Python only when
+a check failed, to say which argument broke which rule. Compiled once per machine
+(`cache=True`); `error_model="numpy"` turns x/0 into an inf that the checks catch.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import numpy as np
 from numba import njit
 
 OK, BAD_INPUT = 0, 1
+SORT_IN_KERNEL_MAX_K = 256
 
 
 @njit(inline="always")
@@ -37,22 +40,32 @@ def _power(x, gamma):
     return x ** gamma
 
 
+@njit(inline="always")
+def _finite_in(x, lo, lo_open, hi):
+    """lo ≤ x ≤ hi (lo < x if lo_open) and x finite; NaN fails."""
+    return np.isfinite(x) and (x > lo if lo_open else x >= lo) and x <= hi
+
+
+# --------------------------------------------------------------------------- allocation (Eq 11–13)
 @njit(cache=True, error_model="numpy")
-def allocation_terms(q, c, beta, gamma):
+def allocation_terms(q, c, budget, alpha, beta, gamma):
     """(status, w, r): benefit weights w_k = β q_k^γ (Eq 12) and breakpoints r_k = w_k / c_k.
 
-    status BAD_INPUT when q is not finite and ≥ 0 with Σq > 0, c not finite and > 0, or Σw not
-    finite and > 0.
+    BAD_INPUT unless: q, c non-empty, same length; q finite ≥ 0 with Σq > 0; c finite > 0;
+    budget > 0, α ≥ 0, β > 0, γ ≥ 0 finite; Σw finite and > 0.
     """
     K = q.size
+    w = np.empty(K)
+    r = np.empty(K)
+    if not (K > 0 and c.size == K and _finite_in(budget, 0.0, True, np.inf) and _finite_in(alpha, 0.0, False, np.inf)
+            and _finite_in(beta, 0.0, True, np.inf) and _finite_in(gamma, 0.0, False, np.inf)):
+        return BAD_INPUT, w, r
     q_min, c_min, q_total, c_total = np.inf, np.inf, 0.0, 0.0
     for k in range(K):                       # NaN fails every comparison but poisons the sum
         q_total += q[k]
         c_total += c[k]
         q_min = min(q_min, q[k])
         c_min = min(c_min, c[k])
-    w = np.empty(K)
-    r = np.empty(K)
     if not (q_min >= 0.0 and q_total > 0.0 and c_min > 0.0 and np.isfinite(q_total) and np.isfinite(c_total)):
         return BAD_INPUT, w, r
     w_total = 0.0
@@ -66,7 +79,7 @@ def allocation_terms(q, c, beta, gamma):
 
 
 @njit(cache=True, error_model="numpy")
-def allocation_solve(w, c, r, ascending, budget, alpha):
+def allocation_walk(w, c, r, ascending, budget, alpha):
     """(λ*, n) for Eq 11, λ* = α + μ* ≥ α, given `ascending` = argsort(r).
 
     With the active set A = {k : r_k > λ}, spend = (Σ_A w)/λ − Σ_A c, so spend = B at
@@ -92,20 +105,36 @@ def allocation_solve(w, c, r, ascending, budget, alpha):
 
 
 @njit(cache=True, error_model="numpy")
-def pruning_terms(q, N, lam, gamma):
+def allocation(q, c, budget, alpha, beta, gamma):
+    """(status, λ*, n): `allocation_terms` then `allocation_walk`, sorting in the kernel."""
+    status, w, r = allocation_terms(q, c, budget, alpha, beta, gamma)
+    if status != OK:
+        return status, np.nan, w
+    lam, n = allocation_walk(w, c, r, np.argsort(r), budget, alpha)
+    return OK, lam, n
+
+
+# --------------------------------------------------------------------------- pruning (Eq 14–15)
+@njit(cache=True, error_model="numpy")
+def pruning_terms(q, N, target, bits, lam, gamma, rho_max):
     """(status, a, ΣN): ρ_k(τ) = min(τ a_k, ρ_max) with a_k = N_k / (2λ q_k^γ) (Eq 15).
 
-    status BAD_INPUT when q is not finite and ≥ 0 with Σq > 0 (> 0 everywhere if γ > 0:
-    Theorem 3 needs strong convexity), N not finite and > 0, or Σa not finite.
+    BAD_INPUT unless: q, N non-empty, same length; q finite ≥ 0 with Σq > 0 (> 0 everywhere if
+    γ > 0: Theorem 3 needs strong convexity); N finite > 0; b ≥ 0, λ > 0, γ ≥ 0 finite;
+    ρ_max ∈ (0, 1]; s ∈ [0, ρ_max]; Σa finite.
     """
     K = q.size
+    a = np.empty(K)
+    if not (K > 0 and N.size == K and _finite_in(bits, 0.0, False, np.inf) and _finite_in(lam, 0.0, True, np.inf)
+            and _finite_in(gamma, 0.0, False, np.inf) and _finite_in(rho_max, 0.0, True, 1.0)
+            and _finite_in(target, 0.0, False, rho_max)):
+        return BAD_INPUT, a, 0.0
     q_min, N_min, q_total, N_total = np.inf, np.inf, 0.0, 0.0
     for k in range(K):
         q_total += q[k]
         N_total += N[k]
         q_min = min(q_min, q[k])
         N_min = min(N_min, N[k])
-    a = np.empty(K)
     if not (q_min >= 0.0 and q_total > 0.0 and N_min > 0.0 and np.isfinite(q_total) and np.isfinite(N_total)):
         return BAD_INPUT, a, N_total
     if gamma > 0.0 and not q_min > 0.0:
@@ -120,7 +149,7 @@ def pruning_terms(q, N, lam, gamma):
 
 
 @njit(cache=True, error_model="numpy")
-def pruning_solve(a, N, N_total, ascending, target, bits, rho_max, equality):
+def pruning_walk(a, N, N_total, ascending, target, bits, rho_max, equality):
     """(τ*, ρ) for Eq 14, τ* = b + ν*, given `ascending` = argsort(a).
 
     Inequality target: ν = 0 (τ = b) when that already meets s. Otherwise layers clip at ρ_max
@@ -161,3 +190,13 @@ def pruning_solve(a, N, N_total, ascending, target, bits, rho_max, equality):
     for k in range(K):                       # Eq 15: clip(τ a, 0, ρ_max), τ a ≥ 0
         rho[k] = min(tau * a[k], rho_max)
     return tau, rho
+
+
+@njit(cache=True, error_model="numpy")
+def pruning(q, N, target, bits, lam, gamma, rho_max, equality):
+    """(status, τ*, ρ): `pruning_terms` then `pruning_walk`, sorting in the kernel."""
+    status, a, N_total = pruning_terms(q, N, target, bits, lam, gamma, rho_max)
+    if status != OK:
+        return status, np.nan, a
+    tau, rho = pruning_walk(a, N, N_total, np.argsort(a), target, bits, rho_max, equality)
+    return OK, tau, rho

@@ -191,22 +191,15 @@ def _allocation_inputs(q, cost, budget, alpha, beta, gamma):
     return q, c, budget, alpha, beta, gamma, _benefit_weights(q, beta, gamma)
 
 
-def _kernel_arrays(x, y, nx: str, ny: str, *, scalar_second: bool = False):
-    """Two contiguous float vectors of one length for a `breakpoints` kernel (values are
-    checked there); shape errors are raised here, naming the argument."""
+def _kernel_arrays(x, y, *, scalar_second: bool = False):
+    """Two float64 vectors of one length for a `breakpoints` kernel, or None if the shapes are
+    wrong (the Python validators then say how); the kernels check the values."""
     a = np.asarray(x, dtype=float)
     b = np.asarray(y, dtype=float)
-    if a.ndim != 1 or a.size == 0:
-        raise ValueError(f"{nx}: must be a non-empty 1-D array (got shape {a.shape})")
     if b.ndim == 0 and scalar_second:
-        b = np.full(a.size, float(b))
-    if b.ndim != 1 or b.size == 0:
-        raise ValueError(f"{ny}: must be a non-empty 1-D array (got shape {b.shape})")
-    _same_length(a, b, nx, ny)
-    if not a.flags.c_contiguous:
-        a = np.ascontiguousarray(a)
-    if not b.flags.c_contiguous:
-        b = np.ascontiguousarray(b)
+        b = np.full(a.shape, float(b))
+    if a.ndim != 1 or b.shape != a.shape:
+        return None
     return a, b
 
 
@@ -310,26 +303,39 @@ def allocate(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, tol=1e-12,
     """
     method = _check_method(method)
     tol = _check_tol(tol)
+    if method == "exact":                   # fast path: the kernels check everything, see below
+        arrays = _kernel_arrays(q, cost, scalar_second=True)
+        try:
+            scalars = float(budget), float(alpha), float(beta), float(gamma)
+        except (TypeError, ValueError):
+            scalars = None
+        if arrays is not None and scalars is not None:
+            qa, ca = arrays
+            if qa.size <= breakpoints.SORT_IN_KERNEL_MAX_K:
+                status, lam, n = breakpoints.allocation(qa, ca, *scalars)
+            else:                                            # numpy's sort, between the halves
+                status, w, r = breakpoints.allocation_terms(qa, ca, *scalars)
+                if status == breakpoints.OK:
+                    lam, n = breakpoints.allocation_walk(w, ca, r, r.argsort(), scalars[0], scalars[1])
+            if status == breakpoints.OK:                     # λ* ≤ α ⇔ spend(α) ≤ B ⇔ μ = 0
+                return _allocation_result(n, lam, "exact", 0, qa, ca, *scalars)
+        _allocation_inputs(q, cost, budget, alpha, beta, gamma)       # raises, naming the rule
+        raise ValueError("q, cost: beta * q**gamma / cost is not finite")
+    q, c, budget, alpha, beta, gamma, w = _allocation_inputs(q, cost, budget, alpha, beta, gamma)
     iters = 0
-    if method == "exact":                                    # λ* ≤ α ⇔ spend(α) ≤ B ⇔ μ = 0
-        budget, alpha, beta, gamma = _allocation_scalars(budget, alpha, beta, gamma)
-        q, c = _kernel_arrays(q, cost, "q", "cost", scalar_second=True)
-        status, w, r = breakpoints.allocation_terms(q, c, beta, gamma)
-        if status != breakpoints.OK:
-            _allocation_inputs(q, c, budget, alpha, beta, gamma)       # raises, naming the rule
-            raise ValueError("q, cost: beta * q**gamma / cost is not finite")
-        lam, n = breakpoints.allocation_solve(w, c, r, r.argsort(), budget, alpha)
+    if alpha > 0 and _spend(alpha, w, c) <= budget:          # μ = 0: unconstrained optimum fits
+        lam = alpha
     else:
-        q, c, budget, alpha, beta, gamma, w = _allocation_inputs(q, cost, budget, alpha, beta, gamma)
-        if alpha > 0 and _spend(alpha, w, c) <= budget:      # μ = 0: unconstrained optimum fits
-            lam = alpha
-        else:
-            hi = float(np.max(w / c))                        # all n_k = 0 at λ = max w/c  (§3.2)
-            lo = max(alpha, float(w.sum() / (budget + c.sum())))  # spend ≥ Σw/λ − Σc ≥ B below this
-            lam, iters = _solve_lambda_bisection(w, c, budget, lo, hi, tol) if lo < hi else (hi, 0)
-        n = w / (lam * c)                                    # Eq 13: max(0, w/((α+μ)c) − 1)
-        n -= 1.0
-        np.maximum(n, 0.0, out=n)
+        hi = float(np.max(w / c))                            # all n_k = 0 at λ = max w/c  (§3.2)
+        lo = max(alpha, float(w.sum() / (budget + c.sum())))  # spend ≥ Σw/λ − Σc ≥ B below this
+        lam, iters = _solve_lambda_bisection(w, c, budget, lo, hi, tol) if lo < hi else (hi, 0)
+    n = w / (lam * c)                                        # Eq 13: max(0, w/((α+μ)c) − 1)
+    n -= 1.0
+    np.maximum(n, 0.0, out=n)
+    return _allocation_result(n, lam, "bisection", iters, q, c, budget, alpha, beta, gamma)
+
+
+def _allocation_result(n, lam, method, iters, q, c, budget, alpha, beta, gamma) -> AllocationResult:
     mu = max(0.0, lam - alpha)
     return AllocationResult(n=n, mu=mu, active=mu > 0, method=method, iterations=iters,
                             problem=dict(q=q, cost=c, budget=budget, alpha=alpha, beta=beta, gamma=gamma))
@@ -507,7 +513,8 @@ def _pruning_inputs(q, sizes, lam, gamma):
     if gamma > 0 and not q_min > 0:
         raise ValueError("q: every q_k must be > 0 when gamma > 0 (a zero score removes the "
                          "degradation penalty and the program is no longer strongly convex)")
-    a = N / (2.0 * lam * q ** gamma)
+    with np.errstate(divide="ignore", over="ignore"):       # checked just below
+        a = N / (2.0 * lam * q ** gamma)
     if not math.isfinite(a.sum()):
         raise ValueError("q: q**gamma underflows to zero; scores are too small for this gamma")
     return q, N, a, total
@@ -551,36 +558,57 @@ def prune(q, sizes, target, *, bits=16.0, lam=2.0, gamma=1.0, rho_max=1.0, equal
     """
     method = _check_method(method)
     tol = _check_tol(tol)
+    equality = bool(equality)
+    if method == "exact":                   # fast path: the kernels check everything, see below
+        arrays = _kernel_arrays(q, sizes)
+        try:
+            scalars = float(target), float(bits), float(lam), float(gamma), float(rho_max)
+        except (TypeError, ValueError):
+            scalars = None
+        if arrays is not None and scalars is not None:
+            qa, Na = arrays
+            if qa.size <= breakpoints.SORT_IN_KERNEL_MAX_K:
+                status, tau, rho = breakpoints.pruning(qa, Na, *scalars, equality)
+            else:                                            # numpy's sort, between the halves
+                status, a, total = breakpoints.pruning_terms(qa, Na, *scalars)
+                if status == breakpoints.OK:
+                    tau, rho = breakpoints.pruning_walk(a, Na, total, a.argsort(), scalars[0], scalars[1],
+                                                        scalars[4], equality)
+            if status == breakpoints.OK:
+                return _pruning_result(rho, tau, "exact", 0, qa, Na, *scalars, equality)
+        _pruning_scalars(target, bits, lam, gamma, rho_max)              # raise, naming the rule
+        _pruning_inputs(q, sizes, float(lam), float(gamma))
+        raise ValueError("q, sizes: sizes / q**gamma is not finite")
+    target, bits, lam, gamma, rho_max = _pruning_scalars(target, bits, lam, gamma, rho_max)
+    q, N, a, total = _pruning_inputs(q, sizes, lam, gamma)
+    iters = 0
+    if target == 0.0 and equality:
+        tau = 0.0                                            # ρ ≡ 0; ν = −b is a valid multiplier
+    elif not equality and _frac(bits, a, N, rho_max, total) >= target:
+        tau = bits                                           # ν = 0: unconstrained optimum meets s
+    else:
+        hi = float(np.max(rho_max / a))                      # every layer at ρ_max beyond this (§3.2)
+        lo = max(0.0 if equality else bits, target * total / float(np.dot(N, a)))
+        tau, iters = _solve_tau_bisection(a, N, rho_max, target, total, min(lo, hi), hi, tol)
+    if not equality:
+        tau = max(tau, bits)                                 # ν ≥ 0 (rounding at target = ρ_max)
+    rho = np.clip(tau * a, 0.0, rho_max)                     # Eq 15
+    return _pruning_result(rho, tau, "bisection", iters, q, N, target, bits, lam, gamma, rho_max, equality)
+
+
+def _pruning_scalars(target, bits, lam, gamma, rho_max):
     bits = _scalar(bits, "bits", lo=0.0)
     lam = _scalar(lam, "lam", lo=0.0, lo_open=True)
     gamma = _scalar(gamma, "gamma", lo=0.0)
     rho_max = _scalar(rho_max, "rho_max", lo=0.0, lo_open=True, hi=1.0)
     target = _scalar(target, "target", lo=0.0, hi=1.0)
-    equality = bool(equality)
     if target > rho_max:
         raise ValueError(f"target: {target:g} > rho_max {rho_max:g} is infeasible "
                          "(even pruning every layer at rho_max misses it)")
-    iters = 0
-    if method == "exact":
-        q, N = _kernel_arrays(q, sizes, "q", "sizes")
-        status, a, total = breakpoints.pruning_terms(q, N, lam, gamma)
-        if status != breakpoints.OK:
-            _pruning_inputs(q, N, lam, gamma)                            # raises, naming the rule
-            raise ValueError("q, sizes: sizes / q**gamma is not finite")
-        tau, rho = breakpoints.pruning_solve(a, N, total, a.argsort(), target, bits, rho_max, equality)
-    else:
-        q, N, a, total = _pruning_inputs(q, sizes, lam, gamma)
-        if target == 0.0 and equality:
-            tau = 0.0                                        # ρ ≡ 0; ν = −b is a valid multiplier
-        elif not equality and _frac(bits, a, N, rho_max, total) >= target:
-            tau = bits                                       # ν = 0: unconstrained optimum meets s
-        else:
-            hi = float(np.max(rho_max / a))                  # every layer at ρ_max beyond this (§3.2)
-            lo = max(0.0 if equality else bits, target * total / float(np.dot(N, a)))
-            tau, iters = _solve_tau_bisection(a, N, rho_max, target, total, min(lo, hi), hi, tol)
-        if not equality:
-            tau = max(tau, bits)                             # ν ≥ 0 (rounding at target = ρ_max)
-        rho = np.clip(tau * a, 0.0, rho_max)                 # Eq 15
+    return target, bits, lam, gamma, rho_max
+
+
+def _pruning_result(rho, tau, method, iters, q, N, target, bits, lam, gamma, rho_max, equality) -> PruningResult:
     nu = tau - bits
     active = (nu != 0.0) if not equality else target > 0
     return PruningResult(rho=rho, nu=nu, active=bool(active), method=method, iterations=iters, tau=tau,

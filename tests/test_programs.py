@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mdlcap import breakpoints
 from mdlcap import programs as P
 
 PROPERTY = settings(max_examples=1000, deadline=None, derandomize=True,
@@ -397,3 +398,21 @@ def test_exact_accepts_lists_views_and_scalar_cost():
     sizes = rng.uniform(1, 3, 24)
     base = P.prune(q, sizes, 0.4, rho_max=0.6, equality=True)
     np.testing.assert_allclose(P.prune(wide[:, 0], sizes.tolist(), 0.4, rho_max=0.6, equality=True).rho, base.rho)
+
+
+@pytest.mark.parametrize("K", [5, breakpoints.SORT_IN_KERNEL_MAX_K, breakpoints.SORT_IN_KERNEL_MAX_K + 1, 3000])
+def test_exact_sort_in_kernel_and_numpy_sort_agree_with_bisection(K):
+    """Small K sorts inside one kernel, large K sorts with numpy between two: same answers."""
+    rng = np.random.default_rng(K)
+    q = rng.dirichlet(np.ones(K))
+    cost = rng.uniform(0.5, 1.5, K) / K
+    for budget in (0.05, 10.0):
+        ex, bi = (P.allocate(q, cost, budget, beta=0.9, method=m) for m in ("exact", "bisection"))
+        np.testing.assert_allclose(ex.n, bi.n, rtol=1e-9, atol=1e-9)
+        assert ex.kkt_residual <= 1e-9
+    sizes = rng.uniform(1.0, 3.0, K)
+    for target, eq in ((0.3, True), (0.45, False), (0.0, True)):
+        ex, bi = (P.prune(q + 1e-4, sizes, target, rho_max=0.5, lam=1e-3, equality=eq, method=m)
+                  for m in ("exact", "bisection"))
+        np.testing.assert_allclose(ex.rho, bi.rho, rtol=1e-9, atol=1e-9)
+        assert ex.kkt_residual <= 1e-9
