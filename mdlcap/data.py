@@ -13,16 +13,21 @@ docstrings of the standard library (read with `ast`, never imported or committed
 is split by paragraph, from `data.seed`, into a pretraining part and a held-out part.
 
   fine-tuning stand-ins (train / validation / test; zero-shot ~ chance, learnable by tuning)
-    cola  acceptability: a real reference sentence, or the same words with a span shuffled  -> no/yes
-    mrpc  paraphrase: a sentence and its light rewording, or a sentence from another topic   -> no/yes
+    cola  acceptability: a short sentence as written, or cut off after "the", "a", "an", "of" or
+          "to" (an unfinished sentence)                                                 -> no/yes
+    mrpc  paraphrase: a short sentence and its light rewording, or that rewording with a verb
+          negated ("is" -> "is not", "returns" -> "does not return")                    -> no/yes
     csqa  "commonsense" over a generated world: where is a made-up object kept? The place is
           a hidden rule of the name's suffix, so tuning must learn the rule (5 choices)
-    obqa  open book: two generated facts, a question about one of them (4 choices)
+    obqa  open book: a fact gives a made-up object's box number, a second fact places another
+          object in a room; which box holds the first? (4 digits)
     sciq  which language-reference section does this sentence come from? (4 section titles)
+    (why these and not harder ones: the comment above `_cola`)
   zero-shot stand-ins (test split only; answerable by a model pretrained on the corpus)
     rte            premise -> an entailed span of it vs that span with two words swapped in (2)
     boolq          passage -> the verbatim claim vs the claim with one word swapped (2)
-    winogrande     a sentence's word vs another word of the same sentence, then the rest (2)
+    winogrande     context sentence + a sentence up to a word mentioned before: that word vs
+                   another earlier-mentioned word, each with the rest of the sentence (2)
     hellaswag      sentence start -> its real ending vs shuffled endings of other sentences (4)
     arc_easy       next word vs random corpus words (4)
     arc_challenge  next word vs words from the same paragraph (4)
@@ -51,7 +56,7 @@ import numpy as np
 
 from . import io as mio
 
-DATA_VERSION = "5"          # bump when a task generator changes: the data cache key follows
+DATA_VERSION = "6"          # bump when a task generator changes: the data cache key follows
 CORPUS_VERSION = "4"        # bump only when the corpus or its split changes: the MODEL key follows
 FINETUNE_SPLITS = ("train", "validation", "test")
 TEXT_SPLITS = ("calibration", "heldout")
@@ -199,28 +204,37 @@ def _place_answer(rng, correct: str, distractors: list[str], n: int) -> tuple[li
     return picks, label
 
 
-def _shuffle_span(rng, words: list[str]) -> list[str]:
-    """Word-order corruption: shuffle a span of 3-5 words until the order really changes."""
-    n = len(words)
-    for _ in range(20):
-        k = int(rng.integers(3, 6))
-        a = int(rng.integers(0, n - k + 1))
-        span = words[a:a + k]
-        perm = [span[j] for j in rng.permutation(k)]
-        if perm != span:
-            return words[:a] + perm + words[a + k:]
-    return words[::-1]
+# Why the cola/mrpc/obqa stand-ins look the way they do. The embedded model (notebook 00) has no
+# in-context copying or matching ability (a repeated random token sequence is no easier the second
+# time), and the notebook-00 sanity check gives each task about 20 of 106 mixed full fine-tuning steps.
+# In that budget it learns a cue a few tokens before the answer (cola), a salient word in a short
+# text (mrpc) or copying the one number in the prompt (obqa); it does not learn to compare two
+# sentences, to spot a shuffled span anywhere in a sentence, or to bind a question to one of two
+# facts (the earlier versions of these three tasks stayed at chance after tuning).
+_CUT_AFTER = {"the", "a", "an", "of", "to"}
+COLA_MAX_WORDS = 16
+COLA_QUESTION = "Question: Is this a well-formed English sentence?\nSentence: {s}.\nAnswer:"
 
 
 def _cola(rng, sents, n_total):
-    rows = []
-    for s in sents[:n_total]:
+    """A short sentence as written (yes) or cut off right after "the", "a", "an", "of" or "to",
+    leaving it unfinished ("Return the low median of."; no). The sentence ends the prompt, next to
+    the answer."""
+    rows, seen = [], set()
+    for s in sents:
+        if len(rows) == n_total:
+            break
         words = s["text"].rstrip(".").split()
+        cuts = [i for i in range(2, len(words) - 1) if words[i].lower() in _CUT_AFTER]
+        if len(words) > COLA_MAX_WORDS or not cuts:
+            continue
         ok = bool(rng.integers(2))
         if not ok:
-            words = _shuffle_span(rng, words)
-        q = f"Sentence: {' '.join(words)}.\nQuestion: Is this a well-formed English sentence?\nAnswer:"
-        rows.append((q, ["no", "yes"], int(ok)))
+            words = words[:cuts[int(rng.integers(len(cuts)))] + 1]
+        q = COLA_QUESTION.format(s=" ".join(words))
+        if q not in seen:
+            seen.add(q)
+            rows.append((q, ["no", "yes"], int(ok)))
     return rows
 
 
@@ -231,24 +245,36 @@ _REWORD = {"the": "this", "a": "one", "is": "is", "can": "may", "must": "has to"
            "arguments": "parameters", "not": "not", "when": "whenever", "number": "count"}
 
 
-def _mrpc(rng, sents, pool, n_total):
-    rows = []
-    for s in sents[:n_total]:
-        a = s["text"]
+# every negation adds the one word "not" ("can not", "does not return"): a single cue word; with
+# "cannot"/"never" mixed in, the check of notebook 00 learned mrpc less reliably
+_NEGATE = {"is": "is not", "are": "are not", "was": "was not", "were": "were not", "can": "can not",
+           "could": "could not", "must": "must not", "should": "should not", "will": "will not",
+           "would": "would not", "may": "may not", "might": "might not", "returns": "does not return"}
+_NEGATIONS = {"not", "no", "never", "cannot", "nor", "none", "nothing", "neither"}
+MRPC_MAX_WORDS = 14
+
+
+def _mrpc(rng, sents, n_total):
+    """A short sentence and its light rewording (yes), or the same rewording with one verb negated
+    (no: it says the opposite). Sentences that already hold a negation are not used."""
+    rows, seen = [], set()
+    for s in sents:
+        if len(rows) == n_total:
+            break
+        words = s["text"].rstrip(".").split()
+        verbs = [i for i, w in enumerate(words) if w in _NEGATE]
+        if len(words) > MRPC_MAX_WORDS or not verbs or any(w.lower().strip(",;:") in _NEGATIONS for w in words):
+            continue
         same = bool(rng.integers(2))
-        if same:
-            words = a.rstrip(".").split()
-            words = [_REWORD.get(w, w) if rng.random() < 0.6 else w for w in words]
-            if len(words) > 8:                       # drop one non-initial word
-                del words[int(rng.integers(1, len(words)))]
-            b = " ".join(words) + "."
-        else:
-            other = pool[int(rng.integers(len(pool)))]
-            while other["text"] == a:
-                other = pool[int(rng.integers(len(pool)))]
-            b = other["text"]
-        q = f"Sentence 1: {a}\nSentence 2: {b}\nQuestion: Do both sentences say the same thing?\nAnswer:"
-        rows.append((q, ["no", "yes"], int(same)))
+        b = [_REWORD.get(w, w) if rng.random() < 0.6 else w for w in words]
+        if not same:
+            j = verbs[int(rng.integers(len(verbs)))]
+            b[j] = _NEGATE[words[j]]
+        q = (f"Question: Do both sentences say the same thing?\nSentence 1: {s['text']}\n"
+             f"Sentence 2: {' '.join(b)}.\nAnswer:")
+        if q not in seen:
+            seen.add(q)
+            rows.append((q, ["no", "yes"], int(same)))
     return rows
 
 
@@ -289,27 +315,22 @@ def _csqa(rng, n_total):
     return rows
 
 
-_COLORS = ["red", "blue", "green", "yellow", "black", "white", "brown", "purple"]
-
-
 def _obqa(rng, n_total):
+    """Two facts in random order: the asked object's box number, and where another object is; the
+    answer is read off the fact (4 digits, the distractors never in the prompt)."""
     objs = [o for o, _ in _nonce_objects(rng, 200)]
+    digits = [str(d) for d in range(10)]
     rows = []
     for i in range(n_total):
         o1, o2 = (objs[k] for k in rng.choice(len(objs), 2, replace=False))
-        c1, c2 = (_COLORS[k] for k in rng.choice(len(_COLORS), 2, replace=False))
-        facts = [f"The {o1} is in the {c1} box.", f"The {o2} is in the {c2} box."]
+        box = digits[int(rng.integers(len(digits)))]
+        place = _PLACES[int(rng.integers(len(_PLACES)))]
+        facts = [f"The {o1} is in box {box}.", f"The {o2} is in the {place}."]
         if rng.integers(2):
             facts.reverse()
-        q = f"Fact: {facts[0]} Fact: {facts[1]}\nQuestion: Which box holds the {o1}?\nAnswer: the"
-        # the other fact's colour is always a distractor: copying "a colour from the facts" is
-        # not enough, the answer must be bound to the asked object
-        free = [c for c in _COLORS if c not in (c1, c2)]
-        rest = [c2] + [free[k] for k in rng.choice(len(free), 2, replace=False)]
-        order = [rest[k] for k in rng.permutation(3)]
-        label = int(rng.integers(4))
-        order.insert(label, c1)
-        rows.append((q, order, label))
+        q = f"Fact: {facts[0]} Fact: {facts[1]}\nQuestion: Which box holds the {o1}?\nAnswer: box"
+        choices, label = _place_answer(rng, box, digits, 4)
+        rows.append((q, choices, label))
     return rows
 
 
@@ -323,14 +344,64 @@ def _sciq(rng, sents, n_total):
     return rows
 
 
+_STOP = {"the", "a", "an", "of", "to", "is", "in", "and", "or", "be", "it", "for", "as", "by", "on",
+         "that", "this", "are", "with", "if", "not", "can", "at", "its", "from"}
+
+
 def _content_words(words: list[str]) -> list[int]:
-    stop = {"the", "a", "an", "of", "to", "is", "in", "and", "or", "be", "it", "for", "as", "by", "on",
-            "that", "this", "are", "with", "if", "not", "can", "at", "its", "from"}
-    return [i for i, w in enumerate(words) if i >= 3 and w.isalpha() and w.lower() not in stop and len(w) > 3]
+    return [i for i, w in enumerate(words) if i >= 3 and w.isalpha() and w.lower() not in _STOP and len(w) > 3]
+
+
+_WINO_SKIP = {"when", "which", "will", "then", "than", "there", "their", "they", "have", "been", "into",
+              "such", "only", "also", "that", "this", "with", "from"}
+
+
+def _winogrande(rng, sents, n_total):
+    """Referent choice, as WinoGrande: a context sentence (another sentence of the same paragraph,
+    the preceding one where there is one), then a sentence up to a content word; the options are
+    that word and another content word mentioned earlier (in the context or the sentence so far),
+    each followed by the rest of the sentence. The blank is, where the sentence has one, a word
+    mentioned before, so that both options are earlier mentions. The context sentence also keeps
+    these items from repeating a hellaswag item's text with another context/continuation split
+    (lm-eval pools such requests across tasks and then scores the shorter continuation wrongly)."""
+    by_para: dict[int, list[int]] = {}
+    for k, s in enumerate(sents):
+        by_para.setdefault(s["para"], []).append(k)
+    eligible = [k for k, s in enumerate(sents) if len(by_para[s["para"]]) > 1]
+    order = [eligible[int(i)] for i in rng.permutation(len(eligible))]
+    rows, k = [], 0
+    while len(rows) < n_total:
+        if not order or k >= 20 * len(order):
+            raise ValueError(f"data: winogrande yields only {len(rows)} items from the held-out text, asked {n_total}")
+        kk = order[k % len(order)]
+        k += 1
+        idx = by_para[sents[kk]["para"]]
+        pos = idx.index(kk)
+        ctx = sents[idx[pos - 1] if pos > 0 else idx[pos + 1]]["text"]
+        words, ctx_words = sents[kk]["text"].rstrip(".").split(), ctx.rstrip(".").split()
+        cands = []
+        for j in _content_words(words):
+            earlier = [w for w in dict.fromkeys(ctx_words + words[:j]) if w.isalpha() and len(w) > 3
+                       and w != words[j] and w.lower() not in _STOP and w.lower() not in _WINO_SKIP]
+            if earlier:
+                cands.append((j, earlier, words[j] in ctx_words + words[:j]))
+        if not cands:
+            continue
+        mentioned = [c for c in cands if c[2]]
+        pick = mentioned or cands
+        j, earlier, _ = pick[int(rng.integers(len(pick)))]
+        alt = earlier[int(rng.integers(len(earlier)))]
+        rest = " ".join(words[j + 1:])
+        rest = (" " + rest if rest else "") + "."
+        choices, label = _place_answer(rng, words[j] + rest, [alt + rest], 2)
+        rows.append((ctx + " " + " ".join(words[:j]), choices, label))
+    return rows
 
 
 def _zeroshot(task: str, rng, sents, n_total):
     """The zero-shot stand-ins, from held-out sentences (see the module docstring)."""
+    if task == "winogrande":
+        return _winogrande(rng, sents, n_total)
     vocab = sorted({w for s in sents for w in s["text"].rstrip(".").split() if w.isalpha() and len(w) > 3})
     by_para: dict[int, list[int]] = {}
     for k, s in enumerate(sents):
@@ -358,7 +429,7 @@ def _zeroshot(task: str, rng, sents, n_total):
                     others.append(oe)
             choices, label = _place_answer(rng, ending, others, 4)
             rows.append((" ".join(words[:cut]), choices, label))
-        elif task in ("arc_easy", "arc_challenge", "openbookqa", "winogrande"):
+        elif task in ("arc_easy", "arc_challenge", "openbookqa"):
             if not cw:
                 continue
             j = cw[int(rng.integers(len(cw)))]
@@ -368,16 +439,9 @@ def _zeroshot(task: str, rng, sents, n_total):
             else:
                 para_words = {w for t in by_para[s["para"]] for w in sents[t]["text"].rstrip(".").split()}
                 pool = sorted(w for w in para_words | set(words) if w.isalpha() and len(w) > 3 and w != target)
-                if len(pool) < (1 if task == "winogrande" else 3):
+                if len(pool) < 3:
                     continue
             prefix = " ".join(words[:j])
-            if task == "winogrande":
-                alt = pool[int(rng.integers(len(pool)))]
-                rest = " ".join(words[j + 1:])
-                rest = (" " + rest if rest else "") + "."
-                choices, label = _place_answer(rng, target + rest, [alt + rest], 2)
-                rows.append((prefix, choices, label))
-                continue
             choices, label = _place_answer(rng, target, pool, 4)
             if task == "openbookqa":
                 prev = [sents[t]["text"] for t in by_para[s["para"]] if sents[t]["text"] != s["text"]]
@@ -434,7 +498,7 @@ def _generate_finetune(task: str, p) -> dict[str, list[dict]]:
     if task in ("cola", "mrpc"):
         pool = sentences(p.data.seed, "pretrain")
         sents = [pool[k] for k in rng.permutation(len(pool))]
-        rows = _cola(rng, sents, n_total) if task == "cola" else _mrpc(rng, sents, pool, n_total)
+        rows = _cola(rng, sents, n_total) if task == "cola" else _mrpc(rng, sents, n_total)
     elif task == "sciq":
         # reference sentences first (section titles), then module docstrings (module names)
         pool = sentences(p.data.seed, "pretrain")

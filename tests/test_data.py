@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,3 +124,55 @@ def test_lm_batches_windows():
     assert sum(len(b["input_ids"]) for b in batches) >= 3
     with pytest.raises(ValueError, match="seq_len"):
         D.lm_batches(tok, ["x"], seq_len=1, batch_size=2)
+
+
+def _full_size(seed: int = 0):
+    return _params(seed, n_train=512, n_validation=128, n_test=256)
+
+
+@pytest.mark.parametrize("task", D.GENERATED_FINETUNE)
+def test_finetune_labels_balanced(task):
+    """No answer position or class dominates a split: a constant guess stays near chance."""
+    for split, rows in D._generate_finetune(task, _full_size()).items():
+        k = len(rows[0]["choices"])
+        counts = np.bincount([r["label"] for r in rows], minlength=k) / len(rows)
+        assert counts.max() < 1 / k + 0.1, (task, split, counts)
+
+
+def test_finetune_cues_cola_mrpc_obqa():
+    """What the short tuning of notebook 00 can pick up is there, and only in the right class:
+    cola's 'no' sentences end on a word that cannot end a sentence, mrpc's 'no' pairs (and only
+    they) negate sentence 2, obqa's answer is the one digit in the prompt."""
+    p = _full_size()
+    pre = {s["text"] for s in D.sentences(0, "pretrain")}
+    for r in D._generate_finetune("cola", p)["train"]:
+        sentence = r["query"].split("\nSentence: ")[1].removesuffix("\nAnswer:")
+        assert len(sentence.split()) <= D.COLA_MAX_WORDS
+        if r["label"] == 1:
+            assert sentence in pre
+        else:
+            assert sentence not in pre and sentence.split()[-1].rstrip(".").lower() in D._CUT_AFTER
+    for r in D._generate_finetune("mrpc", p)["train"]:
+        s1, s2 = (r["query"].split(f"Sentence {i}: ")[1].split("\n")[0] for i in (1, 2))
+        assert s1 in pre and " not " not in f" {s1} "
+        assert (" not " in f" {s2} ") == (r["label"] == 0)
+    for r in D._generate_finetune("obqa", p)["train"]:
+        digits = [c for c in r["query"] if c.isdigit()]
+        assert digits == [r["choices"][r["label"]]]
+
+
+def test_no_request_repeats_across_tasks_with_another_split():
+    """lm-eval pools the log-likelihood requests of all tasks evaluated together by their
+    context+continuation tokens (less the last) and scores every pooled request with the positions
+    of the longest continuation: two tasks must never hold the same text split differently into
+    query and choice (winogrande and hellaswag did, which put winogrande at chance in notebook 00)."""
+    p = _full_size()
+    rows = {t: D._generate_finetune(t, p)["test"] for t in D.GENERATED_FINETUNE}
+    rows |= {t: D._generate_zeroshot(t, p) for t in D.GENERATED_ZEROSHOT}
+    split_of: dict[str, tuple[str, str]] = {}
+    for t, rs in rows.items():
+        for r in rs:
+            for c in r["choices"]:
+                full = r["query"] + " " + c
+                prev = split_of.setdefault(full, (t, r["query"]))
+                assert prev[1] == r["query"], (prev[0], t, full)
