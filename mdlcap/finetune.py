@@ -178,10 +178,13 @@ def cell_key(params, task: str, seed: int, counts=None, ranks=None) -> str:
     for k in ("methods", "rank_methods", "seeds", "tasks", "rank_experiment", "total_experts", "alpha", "beta",
               "gamma", "budget_scaling", "n_min", "layerif_exponent", "alphalora_exponent"):
         a.pop(k)                                         # they change the counts, not the run given counts
+    from .data import data_key
     from .models import resolve_path
 
+    # data_key, not just the params: it also follows the task generators' version, so cells
+    # trained on data that a generator change replaced are not reused
     return mio.cache_key({"model": asdict(params.model), "model_path": resolve_path(params, progress=False),
-                          "data": asdict(params.data), "alloc": a, "task": task,
+                          "data": asdict(params.data), "data_key": data_key(params), "alloc": a, "task": task,
                           "seed": int(seed), "counts": None if counts is None else [int(c) for c in counts],
                           "ranks": None if ranks is None else [int(r) for r in ranks], "v": 1})
 

@@ -176,3 +176,13 @@ def test_no_request_repeats_across_tasks_with_another_split():
                 full = r["query"] + " " + c
                 prev = split_of.setdefault(full, (t, r["query"]))
                 assert prev[1] == r["query"], (prev[0], t, full)
+
+
+def test_generator_version_invalidates_cached_finetune_cells(monkeypatch):
+    """Cells of notebooks 03/05 are cached by key; a task-generator change must change the key."""
+    from mdlcap import data, finetune, params
+
+    p = params.load("params/mistral-7b.yaml")          # hub id: resolving it builds nothing
+    before = finetune.cell_key(p, "cola", seed=0, counts=[1, 2])
+    monkeypatch.setattr(data, "DATA_VERSION", data.DATA_VERSION + "-changed")
+    assert finetune.cell_key(p, "cola", seed=0, counts=[1, 2]) != before
