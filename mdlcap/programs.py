@@ -205,7 +205,8 @@ def _kernel_arrays(x, y, *, scalar_second: bool = False):
 
 def _benefit_weights(q: np.ndarray, beta: float, gamma: float) -> np.ndarray:
     """w_k = β q_k^γ (Eq 12), checked to have a finite, positive sum."""
-    w = beta * q ** gamma
+    with np.errstate(over="ignore"):                      # checked just below
+        w = beta * q ** gamma
     total = float(w.sum())
     if not math.isfinite(total):
         raise ValueError("gamma: beta * q**gamma overflows; use a smaller gamma")
