@@ -41,6 +41,16 @@ def _power(x, gamma):
 
 
 @njit(inline="always")
+def _min_sum(x):
+    """(min x, Σx) in one pass; a NaN fails every comparison but poisons the sum."""
+    lo, total = np.inf, 0.0
+    for v in x:
+        lo = min(lo, v)
+        total += v
+    return lo, total
+
+
+@njit(inline="always")
 def _finite_in(x, lo, lo_open, hi):
     """lo ≤ x ≤ hi (lo < x if lo_open) and x finite; NaN fails."""
     return np.isfinite(x) and (x > lo if lo_open else x >= lo) and x <= hi
@@ -60,12 +70,8 @@ def allocation_terms(q, c, budget, alpha, beta, gamma):
     if not (K > 0 and c.size == K and _finite_in(budget, 0.0, True, np.inf) and _finite_in(alpha, 0.0, False, np.inf)
             and _finite_in(beta, 0.0, True, np.inf) and _finite_in(gamma, 0.0, False, np.inf)):
         return BAD_INPUT, w, r
-    q_min, c_min, q_total, c_total = np.inf, np.inf, 0.0, 0.0
-    for k in range(K):                       # NaN fails every comparison but poisons the sum
-        q_total += q[k]
-        c_total += c[k]
-        q_min = min(q_min, q[k])
-        c_min = min(c_min, c[k])
+    q_min, q_total = _min_sum(q)
+    c_min, c_total = _min_sum(c)
     if not (q_min >= 0.0 and q_total > 0.0 and c_min > 0.0 and np.isfinite(q_total) and np.isfinite(c_total)):
         return BAD_INPUT, w, r
     w_total = 0.0
@@ -129,12 +135,8 @@ def pruning_terms(q, N, target, bits, lam, gamma, rho_max):
             and _finite_in(gamma, 0.0, False, np.inf) and _finite_in(rho_max, 0.0, True, 1.0)
             and _finite_in(target, 0.0, False, rho_max)):
         return BAD_INPUT, a, 0.0
-    q_min, N_min, q_total, N_total = np.inf, np.inf, 0.0, 0.0
-    for k in range(K):
-        q_total += q[k]
-        N_total += N[k]
-        q_min = min(q_min, q[k])
-        N_min = min(N_min, N[k])
+    q_min, q_total = _min_sum(q)
+    N_min, N_total = _min_sum(N)
     if not (q_min >= 0.0 and q_total > 0.0 and N_min > 0.0 and np.isfinite(q_total) and np.isfinite(N_total)):
         return BAD_INPUT, a, N_total
     if gamma > 0.0 and not q_min > 0.0:
@@ -146,6 +148,15 @@ def pruning_terms(q, N, target, bits, lam, gamma, rho_max):
     if not np.isfinite(a_total):
         return BAD_INPUT, a, N_total
     return OK, a, N_total
+
+
+@njit(inline="always")
+def _pruned(tau, a, N, rho_max):
+    """Σ_k N_k min(τ a_k, ρ_max): the pruned weight count at τ (ΣN times the sparsity)."""
+    total = 0.0
+    for k in range(a.size):
+        total += N[k] * min(tau * a[k], rho_max)
+    return total
 
 
 @njit(cache=True, error_model="numpy")
@@ -161,29 +172,23 @@ def pruning_walk(a, N, N_total, ascending, target, bits, rho_max, equality):
     K = a.size
     if target == 0.0 and equality:
         tau = 0.0                            # ρ ≡ 0; ν = −b is a valid multiplier
+    elif not equality and _pruned(bits, a, N, rho_max) / N_total >= target:
+        tau = bits                           # ν = 0 already meets the target
     else:
-        tau = np.nan
-        if not equality:                     # sparsity at ν = 0
-            s0 = 0.0
-            for k in range(K):
-                s0 += N[k] * min(bits * a[k], rho_max)
-            if s0 / N_total >= target:
-                tau = bits
-        if np.isnan(tau):
-            F = np.zeros(K + 1)              # position i of the walk is layer ascending[K-1-i]
-            for i in range(K - 1, -1, -1):
-                k = ascending[K - 1 - i]
-                F[i] = F[i + 1] + N[k] * a[k]
-            goal = target * N_total / rho_max
-            C = 0.0
-            j = 0
-            while j < K and C + F[j] / a[ascending[K - 1 - j]] < goal:
-                C += N[ascending[K - 1 - j]]
-                j += 1
-            if F[j] <= 0.0:                  # every layer clipped: target = ρ_max
-                tau = rho_max / a[ascending[0]]
-            else:
-                tau = (target * N_total - rho_max * C) / F[j]
+        order = ascending[::-1]              # decreasing a: the order layers clip in
+        F = np.zeros(K + 1)
+        for j in range(K - 1, -1, -1):
+            F[j] = F[j + 1] + N[order[j]] * a[order[j]]
+        goal = target * N_total / rho_max
+        C = 0.0
+        j = 0
+        while j < K and C + F[j] / a[order[j]] < goal:
+            C += N[order[j]]
+            j += 1
+        if F[j] <= 0.0:                      # every layer clipped: target = ρ_max
+            tau = rho_max / a[order[K - 1]]
+        else:
+            tau = (target * N_total - rho_max * C) / F[j]
         if not equality:
             tau = max(tau, bits)             # ν ≥ 0 (rounding at target = ρ_max)
     rho = np.empty(K)

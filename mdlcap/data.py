@@ -356,6 +356,14 @@ _WINO_SKIP = {"when", "which", "will", "then", "than", "there", "their", "they",
               "such", "only", "also", "that", "this", "with", "from"}
 
 
+def _by_paragraph(sents) -> dict[int, list[int]]:
+    """paragraph id → indices of its sentences in `sents`, in order."""
+    by_para: dict[int, list[int]] = {}
+    for k, s in enumerate(sents):
+        by_para.setdefault(s["para"], []).append(k)
+    return by_para
+
+
 def _winogrande(rng, sents, n_total):
     """Referent choice, as WinoGrande: a context sentence (another sentence of the same paragraph,
     the preceding one where there is one), then a sentence up to a content word; the options are
@@ -364,9 +372,7 @@ def _winogrande(rng, sents, n_total):
     mentioned before, so that both options are earlier mentions. The context sentence also keeps
     these items from repeating a hellaswag item's text with another context/continuation split
     (lm-eval pools such requests across tasks and then scores the shorter continuation wrongly)."""
-    by_para: dict[int, list[int]] = {}
-    for k, s in enumerate(sents):
-        by_para.setdefault(s["para"], []).append(k)
+    by_para = _by_paragraph(sents)
     eligible = [k for k, s in enumerate(sents) if len(by_para[s["para"]]) > 1]
     order = [eligible[int(i)] for i in rng.permutation(len(eligible))]
     rows, k = [], 0
@@ -403,9 +409,7 @@ def _zeroshot(task: str, rng, sents, n_total):
     if task == "winogrande":
         return _winogrande(rng, sents, n_total)
     vocab = sorted({w for s in sents for w in s["text"].rstrip(".").split() if w.isalpha() and len(w) > 3})
-    by_para: dict[int, list[int]] = {}
-    for k, s in enumerate(sents):
-        by_para.setdefault(s["para"], []).append(k)
+    by_para = _by_paragraph(sents)
     order = rng.permutation(len(sents))
     rows, k = [], 0
     while len(rows) < n_total:

@@ -44,17 +44,16 @@ _GRID_CELLS = 4096      # multisection: points per round × K kept near this (on
 
 
 # --------------------------------------------------------------------------- validation
-def _vector(x, name: str, *, positive: bool = False, allow_scalar_len: int | None = None) -> tuple[np.ndarray, float, float]:
-    """(a, min a, Σa): a 1-D finite float array; `positive` requires > 0, else ≥ 0. A scalar
-    broadcasts if allowed. Fast path: one min and one sum (NaN/inf make the sum non-finite)."""
+def _vector(x, name: str, *, positive: bool = False, allow_scalar_len: int | None = None) -> np.ndarray:
+    """1-D finite float array; `positive` requires > 0, else ≥ 0. A scalar broadcasts if allowed."""
     a = np.asarray(x, dtype=float)
     if a.ndim == 0 and allow_scalar_len is not None:
         a = np.full(allow_scalar_len, float(a))
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"{name}: must be a non-empty 1-D array (got shape {a.shape})")
-    mn, total = float(a.min()), float(a.sum())
-    if (mn > 0 if positive else mn >= 0) and math.isfinite(total):
-        return a, mn, total
+    mn = a.min()                                  # NaN propagates into min, inf into the sum:
+    if (mn > 0 if positive else mn >= 0) and math.isfinite(a.sum()):   # two reductions, fast path
+        return a
     if not np.isfinite(a).all():
         raise ValueError(f"{name}: must be finite (found NaN or inf)")
     if positive and not mn > 0:
@@ -64,11 +63,11 @@ def _vector(x, name: str, *, positive: bool = False, allow_scalar_len: int | Non
     raise ValueError(f"{name}: entries too large (their sum overflows)")
 
 
-def _scores(q, name: str = "q") -> tuple[np.ndarray, float, float]:
-    a, mn, total = _vector(q, name)
-    if not total > 0:
+def _scores(q, name: str = "q") -> np.ndarray:
+    a = _vector(q, name)
+    if not a.sum() > 0:
         raise ValueError(f"{name}: must not be all zero (scores need some positive gain)")
-    return a, mn, total
+    return a
 
 
 def _scalar(x, name: str, *, lo: float = -math.inf, lo_open: bool = False, hi: float = math.inf) -> float:
@@ -116,8 +115,8 @@ def scores_from_gains(zeta2):
         keys = list(zeta2)
         q = scores_from_gains(np.array([float(zeta2[k]) for k in keys]) if keys else np.empty(0))
         return dict(zip(keys, q.tolist()))
-    z, _, total = _scores(zeta2, "zeta2")
-    return z / total
+    z = _scores(zeta2, "zeta2")
+    return z / z.sum()
 
 
 # --------------------------------------------------------------------------- allocation (Eq 11–13)
@@ -184,8 +183,8 @@ def _allocation_scalars(budget, alpha, beta, gamma):
 
 
 def _allocation_inputs(q, cost, budget, alpha, beta, gamma):
-    q = _scores(q)[0]
-    c = _vector(cost, "cost", positive=True, allow_scalar_len=q.size)[0]
+    q = _scores(q)
+    c = _vector(cost, "cost", positive=True, allow_scalar_len=q.size)
     _same_length(q, c, "q", "cost")
     budget, alpha, beta, gamma = _allocation_scalars(budget, alpha, beta, gamma)
     return q, c, budget, alpha, beta, gamma, _benefit_weights(q, beta, gamma)
@@ -397,7 +396,7 @@ def allocate_integer(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, n_min=0
     if isinstance(n_min, (int, np.integer)):
         nmin = np.full(q.size, int(n_min), dtype=np.int64)
     else:
-        nmin_f, _, _ = _vector(n_min, "n_min", allow_scalar_len=q.size)
+        nmin_f = _vector(n_min, "n_min", allow_scalar_len=q.size)
         _same_length(q, nmin_f, "q", "n_min")
         if not np.all(nmin_f == np.round(nmin_f)):
             raise ValueError("n_min: must be integers")
@@ -508,17 +507,17 @@ def _frac(tau: float, a: np.ndarray, N: np.ndarray, rho_max: float, total: float
 
 def _pruning_inputs(q, sizes, lam, gamma):
     """(q, N, a, ΣN) with a_k = N_k / (2λ q_k^γ), so that ρ_k(τ) = min(τ a_k, ρ_max) (Eq 15)."""
-    q, q_min, _ = _scores(q)
-    N, _, total = _vector(sizes, "sizes", positive=True)
+    q = _scores(q)
+    N = _vector(sizes, "sizes", positive=True)
     _same_length(q, N, "q", "sizes")
-    if gamma > 0 and not q_min > 0:
+    if gamma > 0 and not q.min() > 0:
         raise ValueError("q: every q_k must be > 0 when gamma > 0 (a zero score removes the "
                          "degradation penalty and the program is no longer strongly convex)")
     with np.errstate(divide="ignore", over="ignore"):       # checked just below
         a = N / (2.0 * lam * q ** gamma)
     if not math.isfinite(a.sum()):
         raise ValueError("q: q**gamma underflows to zero; scores are too small for this gamma")
-    return q, N, a, total
+    return q, N, a, float(N.sum())
 
 
 def _solve_tau_bisection(a, N, rho_max, target, total, lo, hi, tol):
