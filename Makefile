@@ -49,7 +49,7 @@ bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 report: $(STAMP)
-	$(BIN)/python -m mdlcap.report $(OUTDIR) $(if $(filter tiny,$(RUN)),--readme README.md)
+	$(BIN)/python -m mdlcap.study.report $(OUTDIR) $(if $(filter tiny,$(RUN)),--readme README.md)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks

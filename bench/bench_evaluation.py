@@ -18,11 +18,11 @@ import time
 import pandas as pd
 import torch
 
-from mdlcap import data as D
+from mdlcap.default import data as D
 from mdlcap import evaluation as E
-from mdlcap import io as mio
+from mdlcap import files as mio
 from mdlcap import models as M
-from mdlcap import params as P
+from mdlcap.study import params as P
 
 
 def main(argv=None) -> int:

@@ -20,8 +20,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from mdlcap import io as mio
-from mdlcap import precision_solve as S
+from mdlcap import files as mio
+from mdlcap.interventions.precision import solve as S
 
 
 def _median_time(fn, repeat: int) -> tuple[float, object]:

@@ -12,8 +12,8 @@ import argparse
 import io
 import sys
 
-from mdlcap import io as mio
-from mdlcap.reference import timing_table
+from mdlcap import files as mio
+from mdlcap.theory.reference import timing_table
 
 
 def main(argv=None) -> int:

@@ -22,9 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mdlcap import io as mio  # noqa: E402
-from mdlcap import params as mparams  # noqa: E402
-from mdlcap import pruning as P  # noqa: E402
+from mdlcap import files as mio  # noqa: E402
+from mdlcap.study import params as mparams  # noqa: E402
+from mdlcap.interventions import pruning as P  # noqa: E402
 from mdlcap.models import random_model  # noqa: E402
 
 

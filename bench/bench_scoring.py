@@ -21,10 +21,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mdlcap import curvature as C  # noqa: E402
-from mdlcap import influence as I  # noqa: E402
-from mdlcap import io as mio  # noqa: E402
-from mdlcap import params as P  # noqa: E402
+from mdlcap.scores import curvature as C  # noqa: E402
+from mdlcap.scores import influence as I  # noqa: E402
+from mdlcap import files as mio  # noqa: E402
+from mdlcap.study import params as P  # noqa: E402
 from mdlcap.models import random_model  # noqa: E402
 
 REPS = int(os.environ.get("BENCH_REPS", "3"))

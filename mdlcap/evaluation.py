@@ -4,7 +4,7 @@
     perplexity(model, tokenizer, texts, seq_len)                         -> float
 
 How lm-eval finds the generated data. The JSONL files live in the data cache
-(`mdlcap.data.ensure`), whose path differs per machine, so the task YAMLs cannot be committed
+(`mdlcap.default.data.ensure`), whose path differs per machine, so the task YAMLs cannot be committed
 with their `data_files`. `ensure()` therefore writes one small YAML per task into
 `<data root>/lm_eval_tasks/`; each `include:`s the committed base config
 `mdlcap/tasks/mdlcap_multiple_choice.yaml` (output type, prompt fields, metric) and adds only
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import data as mdata
+from mdlcap.default import data as mdata
 
 BASE_YAML = Path(__file__).parent / "tasks" / "mdlcap_multiple_choice.yaml"
 
@@ -42,7 +42,7 @@ def local_task_name(params, task: str) -> str:
 
 def write_task_yamls(params, root: Path) -> Path:
     """One lm-eval YAML per local task under <root>/lm_eval_tasks/ (called by data.ensure)."""
-    from . import io as mio
+    from mdlcap import files as mio
     out = root / "lm_eval_tasks"
     local = [("finetune", t) for t in params.data.finetune_tasks]
     if params.data.source == "generated":
@@ -101,7 +101,7 @@ def lm_eval_accuracy(model, tokenizer, params, tasks: list[str], limit: int | fl
 
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 8) -> float:
-    """exp(mean next-token loss) over the texts cut into seq_len windows (mdlcap.data.lm_batches),
+    """exp(mean next-token loss) over the texts cut into seq_len windows (mdlcap.default.data.lm_batches),
     token-weighted across windows."""
     if not texts:
         raise ValueError("texts: must be a non-empty list of strings")

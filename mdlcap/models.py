@@ -3,7 +3,7 @@ hub models, both loaded by the same `AutoModelForCausalLM.from_pretrained` call.
 
 Shared helpers every experiment uses:
   load(params, device=None) (model, tokenizer) for the params' model: the embedded default
-                            (built and cached by mdlcap.pretrain on first use) or a hub id/local dir
+                            (built and cached by mdlcap.default.pretrain on first use) or a hub id/local dir
   resolve_path(params)      what `from_pretrained` is given for these params
   decoder_layers(model)     the list of decoder layers of a HF decoder (Mistral, Gemma, Llama, ...)
   random_model(**config)    a randomly initialised small Mistral for tests (no download)
@@ -22,7 +22,7 @@ def resolve_path(params, progress: bool = True) -> str:
     """The path or hub id handed to `from_pretrained`: the cached default model (built first if
     needed) when `model.name_or_path` is "default", else the params' hub id or local folder."""
     if params.uses_default_model:
-        from . import pretrain
+        from mdlcap.default import pretrain
         return str(pretrain.build(params, progress=progress))
     return params.model.name_or_path
 
@@ -32,7 +32,7 @@ def _device(params, device):
     process takes the GPU of its LOCAL_RANK. "auto" as an argument shards over all GPUs."""
     if device is not None:
         return device
-    from .run import resolve_device
+    from mdlcap.study.run import resolve_device
     dev = resolve_device(params)
     if dev == "cuda" and "LOCAL_RANK" in os.environ:
         dev = f"cuda:{int(os.environ['LOCAL_RANK'])}"

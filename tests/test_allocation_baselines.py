@@ -1,4 +1,4 @@
-"""Expert-count allocations (mdlcap.allocation_baselines): every method spends the budget exactly."""
+"""Expert-count allocations (mdlcap.interventions.allocation): every method spends the budget exactly."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdlcap import allocation_baselines as ab
+from mdlcap.interventions import allocation as ab
 
 
 def test_layerif_matches_hand_worked_example():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from mdlcap import curvature as C
+from mdlcap.scores import curvature as C
 from mdlcap.models import random_model
 
 # ----------------------------------------------------------------------------- fixtures

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent('''
     import json, os, sys
     import torch
     import torch.distributed as dist
-    from mdlcap import curvature as C, influence as I
+    from mdlcap.scores import curvature as C, influence as I
     from mdlcap.models import random_model
 
     def batches(n, seed):

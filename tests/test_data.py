@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mdlcap import data as D
-from mdlcap import params as P
+from mdlcap.default import data as D
+from mdlcap.study import params as P
 
 SMOKE = "params/smoke.yaml"
 
@@ -91,7 +91,7 @@ def test_ensure_load_task_texts_and_errors():
 
 
 def _toy_tokenizer():
-    from mdlcap.pretrain import train_tokenizer
+    from mdlcap.default.pretrain import train_tokenizer
     return train_tokenizer(["the quick brown fox jumps over the lazy dog. yes no kitchen garden"] * 20, 300)
 
 
@@ -180,7 +180,9 @@ def test_no_request_repeats_across_tasks_with_another_split():
 
 def test_generator_version_invalidates_cached_finetune_cells(monkeypatch):
     """Cells of notebooks 03/05 are cached by key; a task-generator change must change the key."""
-    from mdlcap import data, finetune, params
+    from mdlcap.default import data
+    from mdlcap.interventions import finetune
+    from mdlcap.study import params
 
     p = params.load("params/mistral-7b.yaml")          # hub id: resolving it builds nothing
     before = finetune.cell_key(p, "cola", seed=0, counts=[1, 2])

@@ -6,10 +6,10 @@ import math
 import pytest
 import yaml
 
-from mdlcap import data as D
+from mdlcap.default import data as D
 from mdlcap import evaluation as E
 from mdlcap import models as M
-from mdlcap import params as P
+from mdlcap.study import params as P
 
 
 @pytest.fixture(scope="module")

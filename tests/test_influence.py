@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mdlcap import influence as I
+from mdlcap.scores import influence as I
 from mdlcap.models import random_model
 
 

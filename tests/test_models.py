@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mdlcap import models as M
-from mdlcap import params as P
-from mdlcap import pretrain as PT
+from mdlcap.study import params as P
+from mdlcap.default import pretrain as PT
 
 TEXTS = ["The assert statement is a convenient way to insert debugging assertions into a program.",
          "A function definition defines a user-defined function object.",

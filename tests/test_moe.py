@@ -1,11 +1,11 @@
-"""LoRA-MoE adapter (mdlcap.moe) and the fine-tuning loop on a tiny random Mistral."""
+"""LoRA-MoE adapter (mdlcap.interventions.moe) and the fine-tuning loop on a tiny random Mistral."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mdlcap import moe
-from mdlcap.finetune import finetune
+from mdlcap.interventions import moe
+from mdlcap.interventions.finetune import finetune
 from mdlcap.models import decoder_layers, random_model
 
 
@@ -15,7 +15,7 @@ def _batches(n=6, bs=4, seq=12, vocab=16, seed=0):
     for _ in range(n):
         x = torch.randint(0, vocab, (bs, seq), generator=g)
         labels = x.clone()
-        labels[:, : seq // 2] = -100          # answer-only loss, as mdlcap.data.task_batches
+        labels[:, : seq // 2] = -100          # answer-only loss, as mdlcap.default.data.task_batches
         out.append({"input_ids": x, "attention_mask": torch.ones_like(x), "labels": labels})
     return out
 

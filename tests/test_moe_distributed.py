@@ -30,8 +30,8 @@ SCRIPT = textwrap.dedent('''
     import hashlib, json, os, sys
     import torch
     from safetensors.torch import save_file
-    from mdlcap import moe
-    from mdlcap.finetune import finetune, make_accelerator
+    from mdlcap.interventions import moe
+    from mdlcap.interventions.finetune import finetune, make_accelerator
     from mdlcap.models import random_model
 
     out = sys.argv[1]

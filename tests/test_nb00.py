@@ -6,8 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from mdlcap import params as P
-from mdlcap.io import read_json
+from mdlcap.study import params as P
+from mdlcap.files import read_json
 
 
 @pytest.mark.notebook

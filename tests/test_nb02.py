@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import mdlcap.params as P
-from mdlcap import curvature as C
+import mdlcap.study.params as P
+from mdlcap.scores import curvature as C
 
 pytestmark = pytest.mark.notebook
 

@@ -14,9 +14,9 @@ from conftest import run_notebook
 @pytest.mark.notebook
 @pytest.mark.timeout(600)
 def test_nb03_allocation_smoke(smoke_scores):
-    import mdlcap.params as P
-    from mdlcap import allocation_baselines as ab
-    from mdlcap.curvature import load_scores
+    import mdlcap.study.params as P
+    from mdlcap.interventions import allocation as ab
+    from mdlcap.scores.curvature import load_scores
 
     out = run_notebook("03_allocation")
     p = P.load("params/smoke.yaml")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, SMOKE, run_notebook
-from mdlcap import params as P
+from mdlcap.study import params as P
 
 pytestmark = pytest.mark.notebook
 
@@ -31,7 +31,7 @@ def test_pruned_models_have_the_requested_sparsity(out):
     assert np.allclose(pruned["measured_global"], pruned["requested_global"], atol=0.5 / 64)
     at_target = pruned[pruned.ratio_method != "mdl"]
     assert np.allclose(at_target["requested_global"], pp.target, atol=1e-9)
-    # the paper's MDL program clips every layer at rho_max (SPEC §3)
+    # the paper's MDL program clips every layer at rho_max (METHOD.md §3)
     assert np.allclose(pruned[pruned.ratio_method == "mdl"]["requested_global"], pp.rho_max, atol=1e-9)
     dense = df[df.pruner == "dense"].iloc[0]
     assert dense["measured_global"] < 0.01

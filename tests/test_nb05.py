@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from mdlcap.params import load
+from mdlcap.study.params import load
 
 from conftest import ROOT, SMOKE, run_notebook
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_notebook
-from mdlcap import precision_solve as S
+from mdlcap.interventions.precision import solve as S
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mdlcap import params as P
+from mdlcap.study import params as P
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted((ROOT / "params").glob("*.yaml"))
@@ -60,7 +60,7 @@ def test_yaml_scientific_notation_reads_as_float(tmp_path):
 
 
 def test_run_writes_manifest(tmp_path):
-    from mdlcap import run as R
+    from mdlcap.study import run as R
     import pandas as pd
     r = R.start(ROOT / "params/smoke.yaml", "99_check", results_root=tmp_path)
     r.save_table(pd.DataFrame({"a": [1, 2]}), "t")

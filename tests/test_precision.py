@@ -1,4 +1,4 @@
-"""Precision allocation (SPEC §5): exact solver vs brute force, fake quantisation, estimators, loaders."""
+"""Precision allocation (METHOD.md §5): exact solver vs brute force, fake quantisation, estimators, loaders."""
 from __future__ import annotations
 
 import gzip
@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from mdlcap import precision as P
-from mdlcap import precision_data as D
-from mdlcap import precision_solve as S
+from mdlcap.interventions.precision import caq as P
+from mdlcap.interventions.precision import data as D
+from mdlcap.interventions.precision import solve as S
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,4 +1,4 @@
-"""The closed-form programs (mdlcap.programs) against their KKT conditions, cvxpy and brute force.
+"""The closed-form programs (mdlcap.theory.programs) against their KKT conditions, cvxpy and brute force.
 
 KKT conditions are re-derived here from the gradients of Eq 11 and Eq 14 (not from the
 package's own `*_kkt` helpers), so a wrong closed form cannot pass by agreeing with itself.
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mdlcap import breakpoints
-from mdlcap import programs as P
+from mdlcap.theory import breakpoints
+from mdlcap.theory import programs as P
 
 PROPERTY = settings(max_examples=1000, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -176,7 +176,7 @@ def test_gamma_regimes():
 
 
 def test_equality_interior_is_proportional():
-    """Equality variant, interior: ρ_k ∝ N_k q_k^{−γ}, independent of b and λ (SPEC §3)."""
+    """Equality variant, interior: ρ_k ∝ N_k q_k^{−γ}, independent of b and λ (METHOD.md §3)."""
     rng = np.random.default_rng(3)
     q = rng.dirichlet(np.ones(8)) + 0.05
     q /= q.sum()
@@ -227,7 +227,7 @@ def _cases(seed, n):
 
 @pytest.mark.parametrize("i,rng,K", list(_cases(11, 12)))
 def test_allocate_matches_cvxpy(i, rng, K):
-    R = pytest.importorskip("mdlcap.reference")
+    R = pytest.importorskip("mdlcap.theory.reference")
     q = rng.dirichlet(np.ones(K))
     c = rng.uniform(0.01, 0.1, K)
     B = float(rng.choice([0.01, 0.1, 10.0]))                                # active ... inactive
@@ -241,7 +241,7 @@ def test_allocate_matches_cvxpy(i, rng, K):
 
 @pytest.mark.parametrize("i,rng,K", list(_cases(12, 12)))
 def test_prune_matches_cvxpy(i, rng, K):
-    R = pytest.importorskip("mdlcap.reference")
+    R = pytest.importorskip("mdlcap.theory.reference")
     q = rng.dirichlet(np.ones(K)) + 1e-3
     N = rng.uniform(1, 4, K)
     equality = bool(i % 2)
@@ -307,7 +307,7 @@ def test_integer_greedy_unequal_costs_bounded(K, seed, spend_all):
 
 
 def test_integer_milp_reference_agrees():
-    R = pytest.importorskip("mdlcap.reference")
+    R = pytest.importorskip("mdlcap.theory.reference")
     rng = np.random.default_rng(5)
     q = rng.dirichlet(np.ones(6))
     counts = R.allocate_integer_milp(q, 1.0, 20.0, alpha=0.0, gamma=0.5, n_min=1, spend_all=True)

@@ -1,4 +1,4 @@
-"""Pruners and ratio methods (mdlcap.pruning) on a random tiny Mistral with grouped-query attention."""
+"""Pruners and ratio methods (mdlcap.interventions.pruning) on a random tiny Mistral with grouped-query attention."""
 from __future__ import annotations
 
 import copy
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mdlcap import pruning as P
+from mdlcap.interventions import pruning as P
 from mdlcap.models import decoder_layers, random_model
 
 RATIOS = [0.3, 0.5, 0.7]
@@ -186,7 +186,7 @@ def test_ratio_directions():
 
 
 def test_paper_mdl_is_uniform_at_rho_max_with_raw_sizes():
-    """SPEC §3: raw N_k ~ 10^5..10^8, b=16, λ=2, γ=1: every ρ_k(0) ≫ 1, all clip at ρ_max."""
+    """METHOD.md §3: raw N_k ~ 10^5..10^8, b=16, λ=2, γ=1: every ρ_k(0) ≫ 1, all clip at ρ_max."""
     r = P.mdl_ratios(Q, SIZES * 1000, 0.5, bits=16, lam=2, gamma=1, rho_max=0.51)
     np.testing.assert_allclose(r, 0.51)
     assert P.global_sparsity(r, SIZES) >= 0.5

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mdlcap import claims, report
+from mdlcap.study import claims, report
 
 
 def _summary01(d: Path, degenerate: bool) -> None:

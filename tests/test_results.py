@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mdlcap.io import file_sha256
+from mdlcap.files import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "results" / "tiny"

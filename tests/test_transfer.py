@@ -1,4 +1,4 @@
-"""Transfer regret (Theorem 4, SPEC §4): regret, the bound's constants, regimes, validation."""
+"""Transfer regret (Theorem 4, METHOD.md §4): regret, the bound's constants, regimes, validation."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mdlcap import programs, transfer
+from mdlcap.theory import programs, transfer
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -122,7 +122,7 @@ def test_regime_strategies_reach_their_regimes():
 @given(inst=st.sampled_from(transfer.PROGRAMS).flatmap(_any_case))
 def test_regret_nonnegative_and_robust_bound_in_every_regime(inst):
     """R ≥ 0 (x*(q_S) is feasible for the target program) and R ≤ L_q²‖Δq‖²/(2μ) ≤ Eq 21 in
-    every regime (the variational-inequality argument in mdlcap.transfer's docstring)."""
+    every regime (the variational-inequality argument in mdlcap.theory.transfer's docstring)."""
     tr = transfer.evaluate(inst["program"], inst["q_source"], inst["q_target"], **inst["args"])
     assert tr.regret >= -1e-12 * (1 + abs(transfer.objective(inst["program"], tr.x_target, inst["q_target"],
                                                               **inst["args"])))

@@ -5,7 +5,7 @@ exactly the same integer budget `total` over the decoder layers.
     mola_pyramid(L, total)            MoLA's fixed "triangle": 2/4/6/8 per quarter, scaled to total
     layerif(scores, total, exponent)  LayerIF's heuristic on influence scores (its public code)
     alphalora(model, total, exponent) AlphaLoRA: heavy-tail PL-alpha (Hill) of each layer's weights
-    mdl(q, total, ...)                Algorithm 1 (`mdlcap.programs.allocate_integer`)
+    mdl(q, total, ...)                Algorithm 1 (`mdlcap.theory.programs.allocate_integer`)
 
 How the paper's α, β, γ and budget scaling (its Table 3) enter our integer program
 ----------------------------------------------------------------------------------
@@ -178,8 +178,8 @@ def layer_alphas(model) -> np.ndarray:
     """Mean PL-alpha over the linear projections of each decoder layer (AlphaLoRA's layer quality)."""
     from torch import nn
 
-    from .models import decoder_layers
-    from .moe import LoraMoELinear
+    from mdlcap.models import decoder_layers
+    from mdlcap.interventions.moe import LoraMoELinear
 
     out = []
     for layer in decoder_layers(model):
@@ -225,9 +225,9 @@ def mdl(q, total: int, *, alpha: float = 1.0, beta: float = 0.9, gamma: float = 
         costs=None, budget_scaling: float = 0.0276) -> np.ndarray:
     """Algorithm 1 with the budget spent (Σ c_k n_k = B, see the module docstring): the exact integer
     optimum (equal costs) of Σ β q_k^γ log(1 + n_k) under the budget, through
-    `mdlcap.programs.allocate_integer(..., spend_all=True)` (the linear price α Σ c n is the
+    `mdlcap.theory.programs.allocate_integer(..., spend_all=True)` (the linear price α Σ c n is the
     constant α B once the whole budget is spent, so it does not move the counts)."""
-    from .programs import allocate_integer
+    from mdlcap.theory.programs import allocate_integer
 
     qv, total, c, budget = _mdl_inputs(q, total, costs, budget_scaling, n_min)
     res = allocate_integer(qv, c, budget, alpha=alpha, beta=beta, gamma=gamma, n_min=n_min, spend_all=True)
@@ -241,7 +241,7 @@ def mdl_literal(q, total: int, *, alpha: float = 1.0, beta: float = 0.9, gamma: 
                 budget_scaling: float = 0.0276, n_min: int = 1, costs=None) -> np.ndarray:
     """The literal inequality program (Eq 11) with the paper's constants: may spend less than
     `total` when the budget does not bind."""
-    from .programs import allocate_integer
+    from mdlcap.theory.programs import allocate_integer
 
     qv, total, c, budget = _mdl_inputs(q, total, costs, budget_scaling, n_min)
     res = allocate_integer(qv, c, budget, alpha=alpha, beta=beta, gamma=gamma, n_min=n_min)
@@ -261,7 +261,7 @@ def literal_unconstrained_total(q, *, alpha: float = 1.0, beta: float = 0.9, gam
 
 # --------------------------------------------------------------------------- dispatch + paper
 def score_vector(scores, task: str, method: str, column: str = "score") -> np.ndarray | None:
-    """Per-layer `column` of scores.csv (mdlcap.curvature.load_scores) for (task, method), layer
+    """Per-layer `column` of scores.csv (mdlcap.scores.curvature.load_scores) for (task, method), layer
     order; None if that pair is absent."""
     sel = scores[(scores["task"] == task) & (scores["method"] == method)].sort_values("layer")
     return None if sel.empty else sel[column].to_numpy(dtype=float)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .curvature import (_acc_dtype, _allreduce_, _call_loss, _check_batches, _flat, _global_count, _grads,
+from mdlcap.scores.curvature import (_acc_dtype, _allreduce_, _call_loss, _check_batches, _flat, _global_count, _grads,
                         _model_device, _no_bar, _scoring_mode, _to_device, block_gradients, resolve_blocks, split_samples)
 
 

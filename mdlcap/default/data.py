@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from . import io as mio
+from mdlcap import files as mio
 
 DATA_VERSION = "6"          # bump when a task generator changes: the data cache key follows
 CORPUS_VERSION = "4"        # bump only when the corpus or its split changes: the MODEL key follows
@@ -632,7 +632,7 @@ def ensure(params) -> Path:
     root = mio.cache_dir("data", data_key(params))
     if (root / "DONE").exists():
         return root
-    from . import evaluation
+    from mdlcap import evaluation
     import fcntl
     with open(mio.cache_dir("data") / f".lock-{root.name}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -1,6 +1,6 @@
 """One notebook run: its output folder, tables (CSV), figures (PNG) and manifest.
 
-    run = mdlcap.run.start(params_path, "01_derivations")
+    run = mdlcap.study.run.start(params_path, "01_derivations")
     run.save_table(df, "closed_form_vs_cvxpy")      # results/<run>/01_derivations/closed_form_vs_cvxpy.csv
     run.save_figure(fig, "gamma_sweep")             # results/<run>/01_derivations/gamma_sweep.png
     run.finish()                                    # results/<run>/01_derivations/manifest.json
@@ -21,8 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import io as mio
-from .params import Params, load
+from mdlcap import files as mio
+from mdlcap.study.params import Params, load
 
 PACKAGES = ["mdlcap", "torch", "transformers", "tokenizers", "peft", "accelerate", "lm_eval",
             "datasets", "cvxpy", "numba", "numpy", "scipy", "pandas", "matplotlib", "scikit-learn", "papermill"]

@@ -1,5 +1,5 @@
 """Build the embedded default model: a byte-level BPE tokenizer and a small MistralForCausalLM
-pretrained on the Python documentation corpus (`mdlcap.data.corpus`), on CPU, in minutes.
+pretrained on the Python documentation corpus (`mdlcap.default.data.corpus`), on CPU, in minutes.
 
     path = build(params)      # trains and saves under .cache/mdlcap/models/<key>/, or reuses it
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data as mdata
-from . import io as mio
+from mdlcap.default import data as mdata
+from mdlcap import files as mio
 
 PRETRAIN_VERSION = "2"
 SPECIAL = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
@@ -228,8 +228,8 @@ def metrics(params) -> dict:
 def finetune_full(model, batches: list[dict], steps: int, lr: float = 1e-3, seed: int = 0,
                   progress: bool = True) -> list[float]:
     """Plain full fine-tuning (AdamW, constant lr) for `steps` steps cycling over shuffled
-    `batches` (e.g. mdlcap.data.task_batches): the learnability sanity check of notebook 00,
-    not the study's LoRA fine-tuning (mdlcap.finetune). Returns the loss per step."""
+    `batches` (e.g. mdlcap.default.data.task_batches): the learnability sanity check of notebook 00,
+    not the study's LoRA fine-tuning (mdlcap.interventions.finetune). Returns the loss per step."""
     from tqdm.auto import tqdm
     if steps < 1:
         raise ValueError(f"steps: must be >= 1, got {steps}")

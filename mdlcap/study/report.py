@@ -5,7 +5,7 @@ the claims table: each quantitative claim of the paper and the proposal, the pap
 ours (read from the tables the notebooks wrote, never typed in), the scale at which ours was
 measured, and a verdict. Executed notebooks are rendered to HTML beside it with nbconvert.
 
-    python -m mdlcap.report results/tiny [--no-html]
+    python -m mdlcap.study.report results/tiny [--no-html]
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from typing import Callable
 
 import pandas as pd
 
-from . import io as mio
-from .claims import CLAIMS, ClaimResult
+from mdlcap import files as mio
+from mdlcap.study.claims import CLAIMS, ClaimResult
 
 MAX_ROWS = 40
 

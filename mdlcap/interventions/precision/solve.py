@@ -1,4 +1,4 @@
-"""Bit-allocation programs for the precision study (SPEC §5, proposal 003 §2.3–2.4).
+"""Bit-allocation programs for the precision study (METHOD.md §5, proposal 003 §2.3–2.4).
 
 Every program here has the same shape: layer i takes one of K bit widths, choice k costs
 `cost[i, k]` (bit-operations p·FLOPs_i, or memory p·params_i) and contributes `err[i, k]`
@@ -307,14 +307,14 @@ def mdl_bits(q, n_params, avg_bits: float, bits=BIT_CHOICES, *, alpha: float = 1
              gamma: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """The §2 allocation program with capacity = bits above the narrowest width.
 
-    n_i = p_i − min(bits) from `mdlcap.programs.allocate(q, c, B)` with c_i = params_i/Σparams
+    n_i = p_i − min(bits) from `mdlcap.theory.programs.allocate(q, c, B)` with c_i = params_i/Σparams
     (so Σ c_i n_i is the average extra bits per weight) and B = avg_bits − min(bits). The
     continuous p̂ is mapped to the grid by the EXACT projection (multiple-choice knapsack)
         min Σ_i c_i (log₂ p_i − log₂ p̂_i)²  s.t.  Σ_i c_i p_i ≤ avg_bits,
     i.e. the nearest grid allocation in log-bits that keeps the memory budget. Returns
     (grid indices, continuous p̂).
     """
-    from . import programs
+    from mdlcap.theory import programs
 
     b = np.asarray(bits, dtype=np.float64)
     n_params = np.asarray(n_params, dtype=np.float64)

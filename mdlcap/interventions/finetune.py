@@ -6,7 +6,7 @@ averaged by DDP, so all processes hold identical adapter weights after every ste
     losses = finetune(model, batches, epochs=1, lr=2e-4, seed=0)
 
 `batches` are ready-made dicts for `model(**batch)` whose `.loss` is the answer-only LM loss
-(`mdlcap.data.task_batches`). Evaluation of the fine-tuned model is `mdlcap.evaluation.lm_eval_accuracy`.
+(`mdlcap.default.data.task_batches`). Evaluation of the fine-tuned model is `mdlcap.evaluation.lm_eval_accuracy`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .moe import moe_aux_loss
+from mdlcap.interventions.moe import moe_aux_loss
 
 
 class _Batches(Dataset):
@@ -110,7 +110,7 @@ def finetune(model: torch.nn.Module, train_batches: Sequence[dict], *, epochs: i
 # --------------------------------------------------------------------------- one experiment cell
 def task_train_batches(params, tokenizer, task: str) -> list[dict]:
     """Training batches of a fine-tune task (first `allocation.max_train` examples of its train split)."""
-    from . import data as mdata
+    from mdlcap.default import data as mdata
 
     a = params.allocation
     examples = mdata.load_task(params, task, "train")
@@ -129,8 +129,8 @@ def run_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None
     import copy
     import time
 
-    from .evaluation import lm_eval_accuracy
-    from .moe import add_lora_moe, rank_config, trainable_parameters
+    from mdlcap.evaluation import lm_eval_accuracy
+    from mdlcap.interventions.moe import add_lora_moe, rank_config, trainable_parameters
 
     if (counts is None) == (ranks is None):
         raise ValueError("counts/ranks: give exactly one of them")
@@ -172,14 +172,14 @@ def cell_key(params, task: str, seed: int, counts=None, ranks=None) -> str:
     training and evaluation settings), so equal allocations share one run."""
     from dataclasses import asdict
 
-    from . import io as mio
+    from mdlcap import files as mio
 
     a = asdict(params.allocation)
     for k in ("methods", "rank_methods", "seeds", "tasks", "rank_experiment", "total_experts", "alpha", "beta",
               "gamma", "budget_scaling", "n_min", "layerif_exponent", "alphalora_exponent"):
         a.pop(k)                                         # they change the counts, not the run given counts
-    from .data import data_key
-    from .models import resolve_path
+    from mdlcap.default.data import data_key
+    from mdlcap.models import resolve_path
 
     # data_key, not just the params: it also follows the task generators' version, so cells
     # trained on data that a generator change replaced are not reused
@@ -192,10 +192,10 @@ def cell_key(params, task: str, seed: int, counts=None, ranks=None) -> str:
 def cached_cell(cache_dir, base_model, tokenizer, params, task: str, *, seed: int, counts=None, ranks=None,
                 accelerator=None, batches=None) -> dict:
     """`run_cell` through a JSON cache file per cell (atomic write): an interrupted notebook resumes,
-    and a cell already computed by a multi-GPU launch (`python -m mdlcap.finetune`) is reused."""
+    and a cell already computed by a multi-GPU launch (`python -m mdlcap.interventions.finetune`) is reused."""
     from pathlib import Path
 
-    from . import io as mio
+    from mdlcap import files as mio
 
     path = Path(cache_dir) / f"{task}_{cell_key(params, task, seed, counts, ranks)}.json"
     if path.exists():
@@ -214,7 +214,7 @@ def cached_cell(cache_dir, base_model, tokenizer, params, task: str, *, seed: in
 def allocations_for(params, scores, n_layers: int, task: str, alphas=None) -> dict[str, list[int]]:
     """{method: expert counts} for every method of `allocation.methods` that `scores` supports
     (`alphas`: per-layer PL-alpha of the base model, `allocation_baselines.layer_alphas`, for alphalora)."""
-    from .allocation_baselines import allocate
+    from mdlcap.interventions.allocation import allocate
 
     a = params.allocation
     out = {}
@@ -229,7 +229,7 @@ def allocations_for(params, scores, n_layers: int, task: str, alphas=None) -> di
 def main(argv: Sequence[str] | None = None) -> None:
     """Fill notebook 03's cell cache from a launcher, e.g. on 4 GPUs (DDP, one model copy per GPU):
 
-        accelerate launch --num_processes 4 --mixed_precision bf16 -m mdlcap.finetune \\
+        accelerate launch --num_processes 4 --mixed_precision bf16 -m mdlcap.interventions.finetune \\
             params/mistral-7b.yaml [--tasks cola mrpc] [--methods mdl_layerif_pos layerif_pos] [--seeds 0]
 
     Each (task, method, seed) cell is trained by all processes together (DDP through accelerate,
@@ -237,12 +237,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     to results/<run>/03_allocation/cache/, where the notebook then finds it."""
     import argparse
 
-    from . import curvature, models
-    from .models import decoder_layers
-    from .params import load
-    from .run import resolve_device
+    from mdlcap.scores import curvature
+    from mdlcap import models
+    from mdlcap.models import decoder_layers
+    from mdlcap.study.params import load
+    from mdlcap.study.run import resolve_device
 
-    ap = argparse.ArgumentParser(prog="python -m mdlcap.finetune", description=main.__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mdlcap.interventions.finetune", description=main.__doc__.split("\n")[0])
     ap.add_argument("params_path")
     ap.add_argument("--tasks", nargs="*")
     ap.add_argument("--methods", nargs="*")
@@ -250,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--results", default=None, help="results root (default: <project>/results)")
     args = ap.parse_args(argv)
     params = load(args.params_path)
-    from . import io as mio
+    from mdlcap import files as mio
     from pathlib import Path
 
     root = Path(args.results) if args.results else mio.project_root() / "results"
@@ -261,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model, tok = models.load(params, device=str(accelerator.device))
     scores = curvature.load_scores(run_root)
     L = len(decoder_layers(model))
-    from .allocation_baselines import layer_alphas
+    from mdlcap.interventions.allocation import layer_alphas
 
     alphas = layer_alphas(model) if "alphalora" in params.allocation.methods else None
     for task in args.tasks or params.allocation.tasks or params.data.finetune_tasks:

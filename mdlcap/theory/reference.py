@@ -1,6 +1,6 @@
 """The allocation and pruning programs written directly in cvxpy: the independent check.
 
-`mdlcap.programs` solves Eq 11 and Eq 14 through their closed forms; here the same programs are
+`mdlcap.theory.programs` solves Eq 11 and Eq 14 through their closed forms; here the same programs are
 stated as written in the paper and handed to a general conic solver, so the notebook and tests
 compare two unrelated routes to the same optimum.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import programs as P
+from mdlcap.theory import programs as P
 
 SOLVER = "CLARABEL"
 # Tighter than CLARABEL's defaults (1e-8 gap / feasibility): a reference must be more accurate
@@ -172,7 +172,7 @@ def bench_instance(program: str, K: int, seed: int = 0) -> tuple[tuple, dict]:
     """A random instance (args, kwargs) where the coupling constraint binds, so the dual search
     actually runs. Allocation: the paper's α=1, β=0.9, γ=0.5, costs ~1/K, budget 0.1.
     Pruning: the paper's b=16, λ=2, γ=1, ρ_max=0.51, s=0.5 with the exact-target variant
-    (the inequality one is slack at these values, SPEC §3) on sizes in units of the mean
+    (the inequality one is slack at these values, METHOD.md §3) on sizes in units of the mean
     layer (cvxpy cannot resolve the quadratic term next to raw sizes ~1e8; ours is unaffected).
     """
     rng = np.random.default_rng(seed)
@@ -378,7 +378,7 @@ def meta_model(config):
 
 def layer_sizes(config) -> np.ndarray:
     """Parameter count N_k of each decoder layer of the architecture described by `config`."""
-    from .models import decoder_layers
+    from mdlcap.models import decoder_layers
 
     return np.array([sum(p.numel() for p in layer.parameters()) for layer in decoder_layers(meta_model(config))],
                     dtype=float)
@@ -390,7 +390,7 @@ def lora_expert_flops(config, rank: int = 8) -> np.ndarray:
     the paper does not say which modules carry experts: we read it as all of them)."""
     import torch
 
-    from .models import decoder_layers
+    from mdlcap.models import decoder_layers
 
     out = []
     for layer in decoder_layers(meta_model(config)):

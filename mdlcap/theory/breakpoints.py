@@ -1,7 +1,7 @@
 """Exact solvers of the two programs by sorted breakpoints (Theorems 2–3), compiled with numba.
 
 Both programs reduce to one monotone, piecewise-linear scalar equation in the dual variable
-(SPEC §2–3). Its pieces change only at breakpoints, where one layer enters or leaves the active
+(METHOD.md §2–3). Its pieces change only at breakpoints, where one layer enters or leaves the active
 set; sorting the breakpoints and walking them once finds the piece that holds the root, and the
 root is then the solution of a linear equation: no iteration tolerance, O(K log K) work.
 
@@ -11,13 +11,13 @@ root is then the solution of a linear equation: no iteration tolerance, O(K log 
 Per program: `*_terms` checks every input (arrays and scalars) and computes the per-layer
 terms and breakpoints in one pass, `*_walk` walks the sorted breakpoints and returns the
 solution, and `allocation` / `pruning` do both with the sort inside, in one call. numba's sort
-is much slower than numpy's at large K, so above SORT_IN_KERNEL_MAX_K layers `mdlcap.programs`
+is much slower than numpy's at large K, so above SORT_IN_KERNEL_MAX_K layers `mdlcap.theory.programs`
 calls the two halves around a numpy argsort instead.
 
 Why numba and not numpy: at the sizes that matter (K = 32 layers) a numpy version spends its
 ~6 µs in the per-call overhead of ~20 small array operations, not in arithmetic; compiled, a
 whole call takes ~2 µs (bench/bench_programs.py), and the loops read like the derivation. The
-kernels return a status instead of raising; `mdlcap.programs` re-validates in Python only when
+kernels return a status instead of raising; `mdlcap.theory.programs` re-validates in Python only when
 a check failed, to say which argument broke which rule. Compiled once per machine
 (`cache=True`); `error_model="numpy"` turns x/0 into an inf that the checks catch.
 """

@@ -1,4 +1,4 @@
-"""Curvature-guided bit allocation (CAQ, proposal 003; SPEC §5) on small image classifiers.
+"""Curvature-guided bit allocation (CAQ, proposal 003; METHOD.md §5) on small image classifiers.
 
 A network is a chain of stages f_i = post_i ∘ op_i (op: Linear or Conv2d; post: ReLU / pooling).
 Stage i is quantised at p_i bits: its weight (one scale per tensor) and, where the proposal
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision_data import DATASETS, ImageData, load_image_data  # noqa: F401  (re-export)
-from .precision_solve import (BIT_CHOICES, Infeasible, allocate_exact, allocate_min_error,  # noqa: F401
+from mdlcap.interventions.precision.data import DATASETS, ImageData, load_image_data  # noqa: F401  (re-export)
+from mdlcap.interventions.precision.solve import (BIT_CHOICES, Infeasible, allocate_exact, allocate_min_error,  # noqa: F401
                               caq_relaxed, caq_tables, composed_error, composition_weights,
                               mdl_bits, pareto_front, precision_floor)
 
@@ -157,7 +157,7 @@ def trained_model(name: str, data: ImageData, *, seed: int, epochs: int, lr: flo
     """Train once and cache the weights (safetensors) under .cache/mdlcap/precision/."""
     from safetensors.torch import load_file, save_file
 
-    from . import io as mio
+    from mdlcap import files as mio
 
     key = mio.cache_key({"v": CACHE_VERSION, "model": name, "data": data.name, "n": len(data.y_train),
                          "shape": data.shape, "seed": seed, "epochs": epochs, "lr": lr, "bs": batch_size,
@@ -546,7 +546,7 @@ def run_study(params, data: ImageData, model_name: str, seed: int, device: str =
     Results are cached as CSV under .cache/mdlcap/precision/results/, keyed by the precision
     params, the data and the code version, so an interrupted notebook resumes where it stopped.
     """
-    from . import io as mio
+    from mdlcap import files as mio
 
     pp = params.precision
     key = mio.cache_key({"v": CACHE_VERSION, "pp": {k: v for k, v in vars(pp).items() if k != "seeds" and k != "models"},

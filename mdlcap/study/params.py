@@ -1,0 +1,411 @@
+"""params/*.yaml: one file per model/run, validated against the schema below.
+
+Each section is a dataclass; the loader rejects unknown keys, wrong types and missing
+required values with a message naming the key and the file. Every notebook takes
+`params_path` as its papermill parameter and calls `mdlcap.study.run.start(params_path, ...)`,
+which loads the file through `load()`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params file broke the schema; the message names the file and the key."""
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class RunParams:
+    name: str = ""                      # results/<name>/; defaults to the file's stem
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    smoke: bool = False                 # CI size: notebooks shrink loops and skip figures' extras
+
+
+@dataclass
+class LaunchParams:
+    """How the 7B runs go to several GPUs (an existing engine, never a home-made one)."""
+    num_processes: int = 1
+    command: str = "papermill"          # e.g. "accelerate launch --num_processes 4 -m mdlcap.cli ..."
+
+
+@dataclass
+class ArchitectureParams:
+    """Shape of the embedded default model (a small MistralForCausalLM)."""
+    vocab_size: int = 2048
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 6
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 256
+
+
+@dataclass
+class PretrainParams:
+    """Recipe of the embedded default's pretraining (mdlcap.default.pretrain); part of its cache key."""
+    steps: int = 450
+    batch_size: int = 16
+    seq_len: int = 128
+    lr: float = 3e-3
+    warmup: int = 40
+    weight_decay: float = 0.1
+
+
+@dataclass
+class ModelParams:
+    name_or_path: str = "default"       # "default": build the embedded model; else hub id or local dir
+    revision: str | None = None
+    trust_remote_code: bool = False     # only a params file may opt in
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    architecture: ArchitectureParams = field(default_factory=ArchitectureParams)
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
+
+
+@dataclass
+class DataParams:
+    source: Literal["generated", "hub"] = "generated"
+    seed: int = 0
+    finetune_tasks: list[str] = field(default_factory=lambda: ["cola", "mrpc", "csqa", "obqa", "sciq"])
+    zeroshot_tasks: list[str] = field(default_factory=lambda: [
+        "rte", "openbookqa", "arc_easy", "arc_challenge", "hellaswag", "boolq", "winogrande"])
+    n_train: int = 512
+    n_validation: int = 128
+    n_test: int = 256
+    n_calibration: int = 64              # calibration sequences (C4 stand-in)
+    calibration_seq_len: int = 128
+    n_heldout: int = 64                  # held-out sequences for perplexity
+    zeroshot_limit: int | None = None    # lm-eval `limit` per task
+
+
+@dataclass
+class ScoringParams:
+    """Notebook 02: layer gains ζ² (mdlcap.scores.curvature) and LayerIF (mdlcap.scores.influence)."""
+    methods: list[str] = field(default_factory=lambda: [
+        "cg_ggn", "cg_hessian", "diag_fisher", "kfac", "ekfac", "grad_norm", "layerif_all", "layerif_pos"])
+    damping: float = 1e-3                # λ in H_kk + λI (Eq 7)
+    cg_max_iter: int = 50
+    cg_tol: float = 1e-6
+    cg_batches: int = 4                  # CG uses the first cg_batches of each task's batches (cost: K·iters passes)
+    hessian_tasks: list[str] | None = None   # tasks scored by cg_hessian (None = all; it is the costliest)
+    n_batches: int = 4                   # batches per task (gradient and curvature of their mean loss)
+    batch_size: int = 8
+    max_len: int = 128                   # tokens per example / calibration window
+    blocks: Literal["layer", "attn_mlp"] = "layer"
+    layerif_train: int = 64              # training samples whose influence LayerIF sums
+    layerif_val: int = 32                # validation samples for the validation-loss gradient
+    layerif_damping_scale: float = 0.1   # DataInf: λ_k = c · mean‖g‖² / d_k
+    validation_task: str | None = None   # section 2 task (None = first fine-tune task)
+    validation_steps: int = 10           # Adam steps when fine-tuning one layer alone
+    validation_lr: float = 1e-3
+    lambda_grid: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    appendix_c_layers: int = 2           # layers (largest and smallest ζ²) in the λ sweep
+    appendix_c_iter: int = 20            # CG iterations per λ in the sweep
+
+
+@dataclass
+class AllocationParams:
+    """Notebook 03: LoRA-MoE expert counts (and LoRA ranks) per layer, fine-tuned per task."""
+    total_experts: int = 20              # paper: 160 over 32 layers (5 per layer)
+    alpha: float = 1.0                   # Algorithm 1 (paper Table 3); see mdlcap.interventions.allocation
+    beta: float = 0.9
+    gamma: float = 0.5
+    budget_scaling: float = 0.0276       # cost of one expert in "standard layers" (Mistral 0.0276)
+    n_min: int = 1
+    methods: list[str] = field(default_factory=lambda: [
+        "uniform", "mola", "layerif_all", "mdl_layerif_all", "layerif_pos", "mdl_layerif_pos", "mdl_cg_ggn"])
+    layerif_exponent: float = 3.0        # LayerIF's power on (max - score) (its walk-through: 3)
+    alphalora_exponent: float = 2.5      # AlphaLoRA's power on the layer PL-alpha
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    tasks: list[str] | None = None       # subset of data.finetune_tasks to fine-tune on (None: all)
+    epochs: int = 1
+    lr: float = 2e-4
+    lora_r: int = 8
+    lora_alpha: int = 16
+    top_k: int = 2                       # router top-k where a layer has > 1 expert (MoLA)
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    aux_loss_coef: float = 0.01          # load-balancing loss weight (Switch/MoLA style)
+    batch_size: int = 16
+    max_len: int = 128                   # tokens per example (query + answer)
+    max_train: int | None = None         # cap on training examples per task
+    eval_limit: int | None = None        # lm-eval `limit` on each task's test split
+    rank_experiment: bool = True         # also LoRA ranks per layer (Algorithm 1, capacity = rank)
+    rank_methods: list[str] = field(default_factory=lambda: ["uniform", "mdl_cg_ggn", "mdl_layerif_pos"])
+
+
+@dataclass
+class PruningParams:
+    target: float = 0.5
+    bits: float = 16.0
+    lam: float = 2.0
+    gamma: float = 1.0
+    rho_max: float = 0.51
+    pruners: list[str] = field(default_factory=lambda: ["magnitude", "wanda", "sparsegpt"])
+    sweep: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
+    layerif_epsilon: float = 0.1
+    score_methods: list[str] = field(default_factory=lambda: ["layerif_all", "layerif_pos", "cg_ggn"])
+    score_tasks: list[str] = field(default_factory=list)   # [] = every task in scores.csv (ratios, figure)
+    table_score_tasks: list[str] = field(default_factory=list)  # score sources evaluated in the table ([] = all)
+    table_methods: list[str] = field(default_factory=lambda: ["uniform", "owl", "layerif", "mdl", "mdl_eq", "mdl_eq_free"])
+    sweep_methods: list[str] = field(default_factory=lambda: ["uniform", "owl", "layerif", "mdl", "mdl_eq", "mdl_eq_free"])
+    sweep_pruner: str = "wanda"
+    nm_pruners: list[str] = field(default_factory=lambda: ["magnitude", "wanda", "sparsegpt"])  # 2:4 rows
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
+    sparsegpt_damp: float = 0.01
+    sparsegpt_blocksize: int = 128
+    calibration_sequences: int | None = None   # calibration sequences used for pruning (None: all)
+    eval_limit: int | None = None              # lm-eval limit per task for pruned models (None: data.zeroshot_limit)
+
+
+@dataclass
+class TransferParams:
+    """Notebook 05 (Theorem 4): synthetic drift instances and real task-to-task drift."""
+    n_instances: int = 2000              # random instances per program in the violation count
+    deltas: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
+    K: int = 32                          # layers of the synthetic instances
+    n_sweep: int = 3                     # instances per regime in the regret-vs-δ sweep
+    n_max: Literal["solutions", "bracket"] = "solutions"   # allocation box for μ (see mdlcap.theory.transfer)
+    methods: list[str] = field(default_factory=lambda: ["cg_ggn", "layerif_all"])  # scores.csv methods
+    adversarial_steps: int = 1000        # hill-climbing moves per start in the counterexample search
+    downstream_pairs: int = 2            # task pairs fine-tuned with transferred vs native experts (0: skip)
+    downstream_method: str = "mdl_cg_ggn"  # allocation method of notebook 03 used for both allocations
+
+
+@dataclass
+class PrecisionParams:
+    dataset: str = "digits"              # digits (ships with scikit-learn) | mnist | fashion_mnist | cifar10 | svhn
+    data_path: str | None = None         # local folder with the standard files of a larger data set
+    models: list[str] = field(default_factory=lambda: ["mlp2", "mlp4", "cnn"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 64
+    max_train: int | None = None         # cap on training images (large local data sets on CPU)
+    n_probes: int = 16                   # Rademacher probes per batch for κ and the HAWQ trace
+    n_batches: int = 4                   # calibration batches for κ (proposal: 5-10)
+    power_iters: int = 50                # power iterations for L_i (proposal: 50)
+    bit_choices: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    n_random: int = 100
+    n_eps: int = 12                      # ε_target sweep: n_eps values, log-spaced ...
+    eps_rel_range: list[float] = field(default_factory=lambda: [1e-3, 3.0])   # ... × median ‖F(x)‖
+    avg_bits_targets: list[float] = field(default_factory=lambda: [4, 5, 6, 7, 8, 10, 12, 16])
+    quantize_activations: bool = True    # the proposal quantises layer inputs at p_i too
+    eps0: float = 0.0                    # input error ε_0 of the composition (inputs kept exact)
+    mdl_alpha: float = 0.01              # §2 program for the MDL bits baseline (capacity = bits)
+    mdl_beta: float = 1.0
+    mdl_gamma: float = 0.5
+    kappa_factor: float = 2.0            # robustness ablation: κ off by this factor
+    alt_bit_choices: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 8, 16, 32])  # finer grid ablation ([] = skip)
+
+
+@dataclass
+class Params:
+    run: RunParams = field(default_factory=RunParams)
+    launch: LaunchParams = field(default_factory=LaunchParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    data: DataParams = field(default_factory=DataParams)
+    scoring: ScoringParams = field(default_factory=ScoringParams)
+    allocation: AllocationParams = field(default_factory=AllocationParams)
+    pruning: PruningParams = field(default_factory=PruningParams)
+    transfer: TransferParams = field(default_factory=TransferParams)
+    precision: PrecisionParams = field(default_factory=PrecisionParams)
+    source: str = ""                     # the file this came from (set by load)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def uses_default_model(self) -> bool:
+        return self.model.name_or_path == "default"
+
+
+# --------------------------------------------------------------------------- loader
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str, src: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = lambda: ParamsError(f"{src}: key '{where}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")  # noqa: E731
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where, src)
+            except ParamsError:
+                pass
+        raise bad()
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(f"{src}: key '{where}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad()
+        return [_coerce(v, args[0], f"{where}[{i}]", src) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return {str(k): _coerce(v, args[1], f"{where}.{k}", src) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad()
+        return _build(tp, value, where, src)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if tp is Any:
+        return value
+    raise ParamsError(f"{src}: key '{where}': unsupported schema type {tp}")
+
+
+def _build(cls: type, raw: dict, prefix: str, src: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ParamsError(f"{src}: unknown key '{key}' (allowed here: {sorted(names)})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                key = f"{prefix}.{f.name}" if prefix else f.name
+                raise ParamsError(f"{src}: missing required key '{key}'")
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        kwargs[f.name] = _coerce(raw[f.name], hints[f.name], key, src)
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict, source: str = "<dict>") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+    if "source" in raw:
+        raise ParamsError(f"{source}: unknown key 'source' (reserved)")
+    p = _build(Params, raw, "", source)
+    p.source = source
+    if not p.run.name:
+        p.run.name = Path(source).stem if source != "<dict>" else "run"
+    _check_values(p, source)
+    return p
+
+
+def _check_values(p: Params, src: str) -> None:
+    """Value rules the types alone cannot say."""
+    def need(cond: bool, key: str, rule: str) -> None:
+        if not cond:
+            raise ParamsError(f"{src}: key '{key}' {rule}")
+    need(0.0 < p.pruning.target < 1.0, "pruning.target", "must lie in (0, 1)")
+    need(0.0 < p.pruning.rho_max <= 1.0, "pruning.rho_max", "must lie in (0, 1]")
+    need(p.pruning.target <= p.pruning.rho_max, "pruning.target", "must not exceed pruning.rho_max (infeasible)")
+    pr = p.pruning
+    known = ("magnitude", "wanda", "sparsegpt")
+    need(bool(pr.pruners) and all(x in known for x in pr.pruners), "pruning.pruners", f"must be a non-empty subset of {list(known)}")
+    need(all(x in known for x in pr.nm_pruners), "pruning.nm_pruners", f"must be a subset of {list(known)}")
+    need(pr.sweep_pruner in known, "pruning.sweep_pruner", f"must be one of {list(known)}")
+    need(all(0.0 < x < 1.0 for x in pr.sweep), "pruning.sweep", "values must lie in (0, 1)")
+    ratio_methods = ("uniform", "owl", "layerif", "mdl", "mdl_eq", "mdl_eq_free")
+    for key in ("table_methods", "sweep_methods"):
+        need(all(x in ratio_methods for x in getattr(pr, key)), f"pruning.{key}", f"must be a subset of {list(ratio_methods)}")
+    need(0.0 <= pr.layerif_epsilon < 1.0, "pruning.layerif_epsilon", "must lie in [0, 1)")
+    need(pr.owl_lambda >= 0 and pr.owl_m > 0, "pruning.owl_lambda", "must be >= 0 (and owl_m > 0)")
+    need(pr.sparsegpt_damp > 0 and pr.sparsegpt_blocksize > 0, "pruning.sparsegpt_damp", "and sparsegpt_blocksize must be > 0")
+    need(pr.eval_limit is None or pr.eval_limit > 0, "pruning.eval_limit", "must be > 0 or null")
+    need(pr.calibration_sequences is None or pr.calibration_sequences > 0, "pruning.calibration_sequences", "must be > 0 or null")
+    need(p.scoring.damping > 0, "scoring.damping", "must be > 0")
+    _score_methods = ("cg_ggn", "cg_hessian", "diag_fisher", "kfac", "ekfac", "grad_norm", "layerif_all", "layerif_pos")
+    need(all(m in _score_methods for m in p.scoring.methods) and len(p.scoring.methods) > 0, "scoring.methods",
+         f"must be a non-empty subset of {list(_score_methods)}")
+    for key in ("cg_max_iter", "cg_batches", "n_batches", "batch_size", "layerif_train", "layerif_val",
+                "appendix_c_layers", "appendix_c_iter"):
+        need(getattr(p.scoring, key) >= 1, f"scoring.{key}", "must be >= 1")
+    need(p.scoring.max_len >= 2, "scoring.max_len", "must be >= 2")
+    need(p.scoring.validation_steps >= 0, "scoring.validation_steps", "must be >= 0")
+    need(p.scoring.validation_lr > 0, "scoring.validation_lr", "must be > 0")
+    need(p.scoring.cg_tol >= 0, "scoring.cg_tol", "must be >= 0")
+    need(p.scoring.layerif_damping_scale > 0, "scoring.layerif_damping_scale", "must be > 0")
+    need(len(p.scoring.lambda_grid) > 0 and all(x > 0 for x in p.scoring.lambda_grid), "scoring.lambda_grid",
+         "must be a non-empty list of values > 0")
+    need(p.allocation.total_experts > 0, "allocation.total_experts", "must be > 0")
+    need(p.allocation.n_min >= 0, "allocation.n_min", "must be >= 0")
+    need(p.allocation.top_k >= 1, "allocation.top_k", "must be >= 1")
+    need(p.allocation.lora_r >= 1, "allocation.lora_r", "must be >= 1")
+    need(p.allocation.epochs >= 1, "allocation.epochs", "must be >= 1")
+    need(len(p.allocation.seeds) >= 1, "allocation.seeds", "must list at least one seed")
+    need(p.allocation.budget_scaling > 0, "allocation.budget_scaling", "must be > 0")
+    need(len(p.allocation.target_modules) >= 1, "allocation.target_modules", "must name at least one projection")
+    _alloc_methods = ("uniform", "mola", "alphalora", "layerif_all", "layerif_pos", "mdl_layerif_all",
+                      "mdl_layerif_pos", "mdl_cg_ggn", "mdl_cg_hessian", "mdl_diag_fisher", "mdl_kfac",
+                      "mdl_ekfac", "mdl_grad_norm")
+    need(p.allocation.tasks is None or (len(p.allocation.tasks) >= 1 and set(p.allocation.tasks) <= set(p.data.finetune_tasks)),
+         "allocation.tasks", "must be null or a non-empty subset of data.finetune_tasks")
+    for _m in p.allocation.methods + p.allocation.rank_methods:
+        need(_m in _alloc_methods, "allocation.methods", f"entries must be among {list(_alloc_methods)}, got {_m!r}")
+    need(p.launch.num_processes >= 1, "launch.num_processes", "must be >= 1")
+    need(p.precision.dataset in ("digits", "mnist", "fashion_mnist", "cifar10", "svhn"), "precision.dataset",
+         "must be one of digits, mnist, fashion_mnist, cifar10, svhn")
+    need(all(2 <= b <= 32 for b in p.precision.bit_choices) and p.precision.bit_choices == sorted(set(p.precision.bit_choices)),
+         "precision.bit_choices", "must be increasing distinct integers in [2, 32]")
+    need(len(p.precision.eps_rel_range) == 2 and 0 < p.precision.eps_rel_range[0] < p.precision.eps_rel_range[1],
+         "precision.eps_rel_range", "must be [lo, hi] with 0 < lo < hi")
+    need(p.precision.n_eps >= 1 and p.precision.n_random >= 1, "precision.n_eps", "and n_random must be >= 1")
+    need(all(2 <= b <= 32 for b in p.precision.alt_bit_choices)
+         and p.precision.alt_bit_choices == sorted(set(p.precision.alt_bit_choices)),
+         "precision.alt_bit_choices", "must be [] or increasing distinct integers in [2, 32]")
+    need(p.transfer.n_instances >= 1, "transfer.n_instances", "must be >= 1")
+    need(p.transfer.K >= 2, "transfer.K", "must be >= 2")
+    need(p.transfer.n_sweep >= 1, "transfer.n_sweep", "must be >= 1")
+    need(p.transfer.adversarial_steps >= 1, "transfer.adversarial_steps", "must be >= 1")
+    need(p.transfer.downstream_pairs >= 0, "transfer.downstream_pairs", "must be >= 0")
+    need(p.transfer.downstream_method.startswith("mdl_"), "transfer.downstream_method",
+         "must be an Algorithm-1 allocation method 'mdl_<score method>' (e.g. mdl_cg_ggn)")
+    need(len(p.transfer.deltas) >= 2 and all(d > 0 for d in p.transfer.deltas), "transfer.deltas",
+         "must hold at least two values > 0")
+    need(p.model.architecture.num_attention_heads % p.model.architecture.num_key_value_heads == 0,
+         "model.architecture.num_key_value_heads", "must divide num_attention_heads")
+
+
+def load(path: str | Path) -> Params:
+    """Load and validate a params YAML file."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params_path: no such file '{path}'")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    return from_dict(raw, str(path))
