@@ -7,10 +7,14 @@ Shared helpers every experiment uses:
   resolve_path(params)      what `from_pretrained` is given for these params
   decoder_layers(model)     the list of decoder layers of a HF decoder (Mistral, Gemma, Llama, ...)
   random_model(**config)    a randomly initialised small Mistral for tests (no download)
+  fingerprint_model(model)  short hash of the architecture and weights: the one model identity in cache keys
+  fingerprint_batches(bs)   short hash of a list of batches (their tensors' shapes and values)
 """
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -100,3 +104,35 @@ def random_model(seed: int = 0, **config) -> nn.Module:
     model = MistralForCausalLM(MistralConfig(**kw))
     model.eval()
     return model
+
+
+def fingerprint_model(model: nn.Module, max_numel: int = 50_000_000) -> str:
+    """Hash of the architecture and the weights (a strided sample of them for very large models):
+    the model's identity in every cache key."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "to_json_string"):
+        h.update(cfg.to_json_string(use_diff=False).encode())
+    total = sum(p.numel() for p in model.parameters())
+    stride = max(1, total // max_numel)
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        t = p.detach().reshape(-1)[::stride].float().cpu().contiguous()
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint_batches(batches) -> str:
+    """Hash of a list of batches (dicts, sequences or tensors): keys, tensor shapes and values."""
+    h = hashlib.sha256()
+    for b in batches:
+        items = b.items() if isinstance(b, Mapping) else enumerate(b if isinstance(b, (list, tuple)) else [b])
+        for k, v in items:
+            h.update(str(k).encode())
+            if isinstance(v, torch.Tensor):
+                h.update(str(tuple(v.shape)).encode())
+                h.update(v.detach().cpu().contiguous().numpy().tobytes())
+            else:
+                h.update(repr(v).encode())
+    return h.hexdigest()[:16]
