@@ -1,12 +1,22 @@
 # mdlcap — the two commands a reader needs are `make all` and `make test`.
-#   make all                         set up .venv, run every notebook on $(PARAMS)
+#   make all                         set up .venv, run every notebook whose inputs changed, on $(PARAMS)
 #   make test                        set up .venv, run the test suite (notebooks at smoke size)
-#   make nb NB=01                    run one notebook
+#   make nb NB=01                    run one notebook (whatever changed)
+#   make check-results [REV=HEAD]    compare the tables under results/$(RUN)/ with those committed at REV
 #   make bench                       solver / scoring benchmarks -> results/bench/
 #   make report                      collect results/$(RUN)/ into REPORT.md
 #   make lab                         JupyterLab on the notebooks
 #   make clean / make distclean      remove run outputs and caches / also the venv
 # PARAMS=params/<name>.yaml selects a run; its outputs go to results/<name>/.
+#
+# The notebook graph: each notebook's target is its manifest, results/$(RUN)/<notebook>/manifest.json,
+# which depends on the notebook, the params file, the package sources the notebook imports and the
+# manifests of the notebooks whose outputs it reads (mdlcap/study/pipeline.py: UPSTREAM). Staleness
+# is decided by content: every manifest records the hashes of its inputs, and at parse time
+# `python -m mdlcap.study.pipeline sync` compares them with the current files, writes the rules
+# (.cache/pipeline/$(RUN)/graph.mk) and sets stamps and file times so that make, `make -n` included,
+# reruns exactly the notebooks whose inputs changed (a fresh clone's checkout times do not count;
+# a file touched since does). `make -j2 all` runs independent notebooks side by side.
 
 PYTHON   ?= python3.11
 VENV     := .venv
@@ -15,7 +25,10 @@ PARAMS   ?= params/tiny.yaml
 RUN      := $(basename $(notdir $(PARAMS)))
 OUTDIR   := results/$(RUN)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+NB_MANIFESTS := $(patsubst notebooks/%.ipynb,$(OUTDIR)/%/manifest.json,$(NOTEBOOKS))
 STAMP    := $(VENV)/.installed
+PIPE     := .cache/pipeline/$(RUN)
+REV      ?= HEAD
 
 # The embedded default needs no network; set HF_HUB_OFFLINE=0 to let a 7B run download weights.
 export HF_HUB_OFFLINE ?= 1
@@ -25,22 +38,42 @@ export PYTHONHASHSEED := 0
 # OpenMP threads sleep instead of spinning while they wait: on a shared 2-core machine spinning
 # made torch up to ~18x slower.
 export OMP_WAIT_POLICY ?= PASSIVE
+# Notebook runs: one thread in every pool from the first import on, so no number depends on the
+# machine's core count (mdlcap.study.run.start() then pins params' run.threads, default 1).
+NB_ENV   := TQDM_DISABLE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+PAPERMILL = $(NB_ENV) $(BIN)/papermill -k python3 --cwd . --log-output --no-progress-bar
 
-.PHONY: all test nb bench report lab clean distclean venv
-all: $(STAMP)
+# Judge the notebooks by content before make looks at file times (only for goals that run them).
+# Needs only the standard library, so it works before the venv exists.
+PIPE_PY  := $(firstword $(wildcard $(BIN)/python) $(shell command -v $(PYTHON) python3 2>/dev/null))
+ifneq ($(filter all $(OUTDIR)/%,$(or $(MAKECMDGOALS),all)),)
+  PIPE_SYNC := $(shell PYTHONPATH=. $(PIPE_PY) -m mdlcap.study.pipeline sync --params $(PARAMS) $(if $(VERBOSE),-v) || echo failed)
+  ifneq ($(PIPE_SYNC),)
+    $(warning pipeline sync failed: every notebook counts as stale)
+  endif
+  -include $(PIPE)/graph.mk
+endif
+
+.PHONY: all test nb bench report lab clean distclean venv check-results
+all: $(NB_MANIFESTS)
+
+# One notebook: its further prerequisites (sources, upstream manifests, stamp) are in graph.mk.
+$(NB_MANIFESTS): $(OUTDIR)/%/manifest.json: notebooks/%.ipynb $(PARAMS) | $(STAMP)
+	@echo "== notebooks/$*.ipynb ($(PARAMS))"
 	@mkdir -p $(OUTDIR)
-	@for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb ($(PARAMS))"; \
-	  TQDM_DISABLE=1 $(BIN)/papermill -k python3 --cwd . --log-output --no-progress-bar \
-	    $$nb $(OUTDIR)/$$(basename $$nb) -p params_path $(PARAMS) || exit 1; \
-	done
+	$(PAPERMILL) notebooks/$*.ipynb $(OUTDIR)/$*.ipynb -p params_path $(PARAMS)
+
+# A stamp sync did not write (sync failed): its notebook counts as stale.
+$(PIPE)/%.stamp: ;
 
 nb: $(STAMP)
 	@test -n "$(NB)" || { echo "usage: make nb NB=01 [PARAMS=...]"; exit 2; }
 	@mkdir -p $(OUTDIR)
 	@nb=$$(ls notebooks/$(NB)_*.ipynb | head -1); test -n "$$nb" || exit 2; \
-	TQDM_DISABLE=1 $(BIN)/papermill -k python3 --cwd . --log-output --no-progress-bar \
-	  $$nb $(OUTDIR)/$$(basename $$nb) -p params_path $(PARAMS)
+	$(PAPERMILL) $$nb $(OUTDIR)/$$(basename $$nb) -p params_path $(PARAMS)
+
+check-results: $(STAMP)
+	$(BIN)/python -m mdlcap.study.check_results $(OUTDIR) --rev $(REV)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     to results/<run>/03_allocation/cache/, where the notebook then finds it."""
     import argparse
 
-    from mdlcap.scores import curvature
+    from mdlcap.scores import table
     from mdlcap import models
     from mdlcap.models import decoder_layers
     from mdlcap.study.params import load
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     accelerator = make_accelerator(resolve_device(params),
                                    mixed_precision="bf16" if params.model.dtype == "bfloat16" else "no")
     model, tok = models.load(params, device=str(accelerator.device))
-    scores = curvature.load_scores(run_root)
+    scores = table.load_scores(run_root)
     L = len(decoder_layers(model))
     from mdlcap.interventions.allocation import layer_alphas
 

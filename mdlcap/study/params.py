@@ -28,13 +28,8 @@ class RunParams:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     smoke: bool = False                 # CI size: notebooks shrink loops and skip figures' extras
-
-
-@dataclass
-class LaunchParams:
-    """How the 7B runs go to several GPUs (an existing engine, never a home-made one)."""
-    num_processes: int = 1
-    command: str = "papermill"          # e.g. "accelerate launch --num_processes 4 -m mdlcap.cli ..."
+    threads: int = 1                    # torch / BLAS / OpenMP / numba threads (mdlcap.study.run.start): the
+                                        # numbers depend on it (float reduction order), the core count must not
 
 
 @dataclass
@@ -88,7 +83,7 @@ class DataParams:
 
 @dataclass
 class ScoringParams:
-    """Notebook 02: layer gains ζ² (mdlcap.scores.curvature) and LayerIF (mdlcap.scores.influence)."""
+    """Notebook 02: layer gains ζ² (mdlcap.scores.registry) and LayerIF (mdlcap.scores.influence)."""
     methods: list[str] = field(default_factory=lambda: [
         "cg_ggn", "cg_hessian", "diag_fisher", "kfac", "ekfac", "grad_norm", "layerif_all", "layerif_pos"])
     damping: float = 1e-3                # λ in H_kk + λI (Eq 7)
@@ -211,7 +206,6 @@ class PrecisionParams:
 @dataclass
 class Params:
     run: RunParams = field(default_factory=RunParams)
-    launch: LaunchParams = field(default_factory=LaunchParams)
     model: ModelParams = field(default_factory=ModelParams)
     data: DataParams = field(default_factory=DataParams)
     scoring: ScoringParams = field(default_factory=ScoringParams)
@@ -374,7 +368,7 @@ def _check_values(p: Params, src: str) -> None:
          "allocation.tasks", "must be null or a non-empty subset of data.finetune_tasks")
     for _m in p.allocation.methods + p.allocation.rank_methods:
         need(_m in _alloc_methods, "allocation.methods", f"entries must be among {list(_alloc_methods)}, got {_m!r}")
-    need(p.launch.num_processes >= 1, "launch.num_processes", "must be >= 1")
+    need(p.run.threads >= 1, "run.threads", "must be >= 1")
     need(p.precision.dataset in ("digits", "mnist", "fashion_mnist", "cifar10", "svhn"), "precision.dataset",
          "must be one of digits, mnist, fashion_mnist, cifar10, svhn")
     need(all(2 <= b <= 32 for b in p.precision.bit_choices) and p.precision.bit_choices == sorted(set(p.precision.bit_choices)),

@@ -6,12 +6,20 @@
     run.finish()                                    # results/<run>/01_derivations/manifest.json
 
 Every write is atomic, so an interrupted run never corrupts what an earlier run wrote.
+
+`start()` also makes the run reproducible on any machine: it pins the thread counts every reported
+number depends on (torch intra-op, the BLAS and OpenMP pools, numba) to `run.threads` of the params
+file (default 1: a float reduction split over another number of threads sums in another order,
+and a model pretrained on 2 threads is not the one pretrained on 1), seeds the RNGs, and asks
+torch for deterministic algorithms on CUDA. The manifest records what was in force (`determinism`)
+and what the run was computed from (`inputs`: hashes of the notebook, the params file, the package
+sources the notebook imports and the upstream notebooks' outputs; see `mdlcap.study.pipeline`).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import io
-import json
 import os
 import platform
 import subprocess
@@ -22,10 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from mdlcap import files as mio
+from mdlcap.study import pipeline
 from mdlcap.study.params import Params, load
 
 PACKAGES = ["mdlcap", "torch", "transformers", "tokenizers", "peft", "accelerate", "lm_eval",
-            "datasets", "cvxpy", "numba", "numpy", "scipy", "pandas", "matplotlib", "scikit-learn", "papermill"]
+            "datasets", "cvxpy", "numba", "numpy", "scipy", "pandas", "matplotlib", "scikit-learn", "papermill", "threadpoolctl"]
+# Thread pools read these when a library loads: set for the libraries a run loads after start().
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS",
+              "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def _now() -> str:
@@ -68,10 +80,9 @@ def hardware() -> dict[str, Any]:
 
 
 def resolve_device(params: Params) -> str:
-    if params.run.device != "auto":
-        return params.run.device
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """params.run.device, "auto" resolved (mdlcap.models.resolve_device)."""
+    from mdlcap.models import resolve_device as resolve
+    return resolve(params)
 
 
 @dataclass
@@ -83,6 +94,7 @@ class Run:
     started: str = field(default_factory=_now)
     extra: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)   # file name -> sha256, for the manifest
+    inputs: dict[str, Any] = field(default_factory=dict)    # what the run is computed from (pipeline.inputs)
 
     def _record(self, path: Path) -> Path:
         self.outputs[path.name] = mio.file_sha256(path)
@@ -110,10 +122,17 @@ class Run:
         return self._record(mio.atomic_write_text(self.dir / f"{name}.csv", buf.getvalue()))
 
     def save_figure(self, fig, name: str, dpi: int = 120) -> Path:
-        """Write a matplotlib figure as PNG (atomic)."""
+        """Write a matplotlib figure as PNG (atomic), show that PNG in the notebook, close the figure.
+
+        Shown as the saved image, so the executed notebook and its HTML hold exactly the figure
+        the results folder does, whatever the matplotlib backend (the notebooks use Agg)."""
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-        return self._record(mio.atomic_write_bytes(self.dir / f"{name}.png", buf.getvalue()))
+        path = self._record(mio.atomic_write_bytes(self.dir / f"{name}.png", buf.getvalue()))
+        show_png(buf.getvalue())
+        import matplotlib.pyplot as plt
+        plt.close(fig)                   # displayed once: the inline backend would show it again
+        return path
 
     def save_json(self, obj: Any, name: str) -> Path:
         return self._record(mio.atomic_write_json(self.dir / f"{name}.json", obj))
@@ -129,6 +148,8 @@ class Run:
             "packages": package_versions(),
             "hardware": hardware(),
             "device": self.device,
+            "determinism": determinism(self.params),
+            "inputs": self.inputs,
             "started": self.started,
             "finished": _now(),
             # sha256 of every table/figure/json this run wrote: the report's check that
@@ -142,11 +163,13 @@ class Run:
         m = self.manifest()
         path = mio.atomic_write_json(self.dir / "manifest.json", m)
         top = self.root / "manifest.json"
-        merged = mio.read_json(top) if top.exists() else {}
-        merged.update({k: m[k] for k in ("run", "params_file", "params_sha256", "params", "git",
-                                         "packages", "hardware", "device")})
-        merged.setdefault("notebooks", {})[self.notebook] = {"started": m["started"], "finished": m["finished"]}
-        mio.atomic_write_json(top, merged)
+        with open(self.root / ".manifest.lock", "w") as lock:     # `make -j` finishes notebooks at once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = mio.read_json(top) if top.exists() else {}
+            merged.update({k: m[k] for k in ("run", "params_file", "params_sha256", "params", "git",
+                                             "packages", "hardware", "device", "determinism")})
+            merged.setdefault("notebooks", {})[self.notebook] = {"started": m["started"], "finished": m["finished"]}
+            mio.atomic_write_json(top, merged)
         return path
 
 
@@ -157,8 +180,67 @@ def start(params_path: str | os.PathLike, notebook: str, results_root: str | os.
     root = base / params.run.name
     d = root / notebook
     d.mkdir(parents=True, exist_ok=True)
+    pin_threads(params.run.threads)
     seed_everything(params.run.seed)
-    return Run(params=params, notebook=notebook, root=root, dir=d)
+    if resolve_device(params) == "cuda":
+        deterministic_cuda()
+    inputs = pipeline.inputs(mio.project_root(), notebook, params.source, base, params.run.name)
+    return Run(params=params, notebook=notebook, root=root, dir=d, inputs=inputs)
+
+
+def pin_threads(n: int) -> None:
+    """Every thread pool a reported number can depend on runs `n` threads.
+
+    Environment variables for the libraries not loaded yet, threadpoolctl for the BLAS/OpenMP pools
+    already loaded (numpy's OpenBLAS is), torch's intra-op count, numba's if it is loaded."""
+    for var in THREAD_ENV:
+        os.environ[var] = str(n)
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=n)          # not a context: the limits stay for the whole run
+    import torch
+    torch.set_num_threads(n)
+    if "numba" in sys.modules:
+        import numba
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def deterministic_cuda() -> None:
+    """Deterministic kernels on CUDA (cuBLAS workspace, no cuDNN autotuning). CPU kernels are
+    deterministic at a fixed thread count already, so CPU runs are left as they are."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    import torch
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def determinism(params: Params) -> dict[str, Any]:
+    """The settings in force that results depend on, for the manifest."""
+    import torch
+    from threadpoolctl import threadpool_info
+    out: dict[str, Any] = {
+        "threads": params.run.threads,
+        "seed": params.run.seed,
+        "torch_threads": torch.get_num_threads(),
+        "torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "threadpools": sorted({f"{i.get('internal_api')}:{i.get('num_threads')}" for i in threadpool_info()}),
+        "env": {v: os.environ.get(v) for v in (*THREAD_ENV, "PYTHONHASHSEED")},
+    }
+    if "numba" in sys.modules:
+        import numba
+        out["numba_threads"] = numba.get_num_threads()
+    return out
+
+
+def show_png(data: bytes) -> None:
+    """Display PNG bytes inline when running in a notebook kernel (no-op elsewhere)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        display(Image(data=data, format="png"))
 
 
 def seed_everything(seed: int) -> None:
@@ -173,11 +255,3 @@ def seed_everything(seed: int) -> None:
     except ImportError:
         pass
 
-
-def load_table(path: str | os.PathLike):
-    import pandas as pd
-    return pd.read_csv(path)
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)
