@@ -21,10 +21,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mdlcap.scores import curvature as C  # noqa: E402
 from mdlcap.scores import influence as I  # noqa: E402
 from mdlcap import files as mio  # noqa: E402
 from mdlcap.study import params as P  # noqa: E402
+from mdlcap.scores.registry import layer_gains  # noqa: E402
+from mdlcap.study.curvature_scores import gradient_pass  # noqa: E402
+from mdlcap.study.measure import measure  # noqa: E402
 from mdlcap.models import random_model  # noqa: E402
 
 REPS = int(os.environ.get("BENCH_REPS", "3"))
@@ -43,7 +45,7 @@ def batches(n, B, T, vocab, seed=0):
 
 def timeit(fn):
     fn()                                            # warm-up
-    runs = [C.measure(fn) for _ in range(REPS)]
+    runs = [measure(fn) for _ in range(REPS)]
     return statistics.median(r[1] for r in runs), max(r[2] for r in runs)
 
 
@@ -57,22 +59,22 @@ def main():
     shapes = [(sp.n_batches, sp.batch_size, sp.max_len), (2, 8, 128)]
     for n, B, T in shapes:
         bs = batches(n, B, T, a.vocab_size)
-        unit, unit_mem = timeit(lambda: C.gradient_pass(model, bs))
-        cases = {m: (lambda m=m: C.layer_gains(model, bs, method=m, damping=sp.damping, progress=False))
+        unit, unit_mem = timeit(lambda: gradient_pass(model, bs))
+        cases = {m: (lambda m=m: layer_gains(model, bs, method=m, damping=sp.damping, progress=False))
                  for m in ("grad_norm", "diag_fisher", "kfac", "ekfac")}
         cg_bs = bs[: sp.cg_batches]
         for curv in ("ggn", "hessian"):
-            cases[f"cg_{curv}"] = (lambda curv=curv: C.layer_gains(model, cg_bs, method="cg", curvature=curv,
-                                                                  damping=sp.damping, max_iter=sp.cg_max_iter,
-                                                                  tol=0.0, progress=False))
+            cases[f"cg_{curv}"] = (lambda curv=curv: layer_gains(model, cg_bs, method="cg", curvature=curv,
+                                                                damping=sp.damping, max_iter=sp.cg_max_iter,
+                                                                tol=0.0, progress=False))
         n_if = min(sp.layerif_train, n * B)
         cases["layerif"] = lambda: I.layer_influence(model, bs, bs[:1], progress=False,
                                                      damping_scale=sp.layerif_damping_scale)
         for name, fn in cases.items():
-            t, mem = timeit(fn) if not name.startswith("cg_") and name != "layerif" else C.measure(fn)[1:]
+            t, mem = timeit(fn) if not name.startswith("cg_") and name != "layerif" else measure(fn)[1:]
             data_unit = unit
             if name.startswith("cg_"):
-                data_unit = timeit(lambda: C.gradient_pass(model, cg_bs))[0]
+                data_unit = timeit(lambda: gradient_pass(model, cg_bs))[0]
             rows.append({"method": name, "n_batches": len(cg_bs) if name.startswith("cg_") else n, "batch_size": B,
                          "seq_len": T, "cg_max_iter": sp.cg_max_iter if name.startswith("cg_") else None,
                          "layerif_samples": n_if if name == "layerif" else None,

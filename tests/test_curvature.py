@@ -10,8 +10,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from mdlcap.scores import curvature as C
-from mdlcap.models import random_model
+from mdlcap.models import fingerprint_batches, fingerprint_model, random_model
+from mdlcap.scores import kfac
+from mdlcap.scores.autograd import eager_attention, mean_loss
+from mdlcap.scores.blocks import resolve_blocks
+from mdlcap.scores.newton import applied_step, block_quadratic
+from mdlcap.scores.registry import cached_gains, layer_gains
+from mdlcap.scores.table import load_scores, scores_frame
+from mdlcap.study.measure import measure
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -91,7 +97,7 @@ def _hf_batches(vocab=32, n=2, B=2, T=6, seed=0):
 @pytest.mark.parametrize("curvature,damping", [("ggn", 1e-3), ("ggn", 1e-1), ("hessian", 0.5)])
 def test_cg_matches_dense_mlp(curvature, damping):
     net, batches = _mlp(), _mlp_batches()
-    res = C.layer_gains(net, batches, method="cg", curvature=curvature, damping=damping, blocks=_blocks(net),
+    res = layer_gains(net, batches, method="cg", curvature=curvature, damping=damping, blocks=_blocks(net),
                         loss_fn=_mlp_loss, max_iter=500, tol=1e-13, progress=False)
     for name, block in _blocks(net).items():
         g, H = _mlp_dense(net, batches, block, curvature)
@@ -109,7 +115,7 @@ def test_cg_matches_dense_mlp(curvature, damping):
 
 def test_cg_hessian_raises_damping_when_indefinite():
     net, batches = _mlp(), _mlp_batches()
-    res = C.layer_gains(net, batches, method="cg", curvature="hessian", damping=1e-4, blocks=_blocks(net),
+    res = layer_gains(net, batches, method="cg", curvature="hessian", damping=1e-4, blocks=_blocks(net),
                         loss_fn=_mlp_loss, max_iter=500, tol=1e-13, progress=False)
     raised = 0
     for name, block in _blocks(net).items():
@@ -130,13 +136,13 @@ def test_cg_matches_dense_hf_mistral_gqa(curvature):
                          num_attention_heads=2, num_key_value_heads=1).double()
     batches = _hf_batches()
     lam = 1e-2 if curvature == "ggn" else 1.0
-    res = C.layer_gains(model, batches, method="cg", curvature=curvature, damping=lam, max_iter=800, tol=1e-13,
+    res = layer_gains(model, batches, method="cg", curvature=curvature, damping=lam, max_iter=800, tol=1e-13,
                         progress=False)
     assert list(res) == ["layers.0", "layers.1"]
     from transformers.loss.loss_utils import ForCausalLMLoss
 
     def fwd(fc, m, p, b):
-        with C.eager_attention(m):
+        with eager_attention(m):
             return fc(m, p, (), {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}).logits
 
     def loss(z, b):
@@ -153,9 +159,9 @@ def test_mean_over_batches():
     net, batches = _mlp(), _mlp_batches()
     cat = [{"x": torch.cat([b["x"] for b in batches]), "y": torch.cat([b["y"] for b in batches])}]
     for method in ("cg", "grad_norm"):
-        a = C.layer_gains(net, batches, method=method, blocks=_blocks(net), loss_fn=_mlp_loss, progress=False,
+        a = layer_gains(net, batches, method=method, blocks=_blocks(net), loss_fn=_mlp_loss, progress=False,
                           max_iter=300, tol=1e-13)
-        b = C.layer_gains(net, cat, method=method, blocks=_blocks(net), loss_fn=_mlp_loss, progress=False,
+        b = layer_gains(net, cat, method=method, blocks=_blocks(net), loss_fn=_mlp_loss, progress=False,
                           max_iter=300, tol=1e-13)
         for k in a:
             assert a[k] == pytest.approx(b[k], rel=1e-8)
@@ -183,9 +189,9 @@ def _mean_grad(net, batches, block):
 def test_diag_fisher_and_grad_norm_formulas():
     net, batches = _mlp(), _mlp_batches()
     lam = 1e-3
-    df = C.layer_gains(net, batches, method="diag_fisher", damping=lam, blocks=_blocks(net), loss_fn=_mlp_loss,
+    df = layer_gains(net, batches, method="diag_fisher", damping=lam, blocks=_blocks(net), loss_fn=_mlp_loss,
                        progress=False)
-    gn = C.layer_gains(net, batches, method="grad_norm", blocks=_blocks(net), loss_fn=_mlp_loss, progress=False)
+    gn = layer_gains(net, batches, method="grad_norm", blocks=_blocks(net), loss_fn=_mlp_loss, progress=False)
     for name, block in _blocks(net).items():
         g = _mean_grad(net, batches, block)
         ps = _per_sample_grads(net, batches, block)
@@ -200,8 +206,8 @@ def test_kfac_and_ekfac_formulas():
     to per-sample gradients in the Kronecker eigenbasis. Recomputed here with explicit per-sample loops."""
     net, batches = _mlp(), _mlp_batches()
     lam = 1e-3
-    kf = C.layer_gains(net, batches, method="kfac", damping=lam, blocks=_blocks(net), loss_fn=_mlp_loss, progress=False)
-    ek = C.layer_gains(net, batches, method="ekfac", damping=lam, blocks=_blocks(net), loss_fn=_mlp_loss,
+    kf = layer_gains(net, batches, method="kfac", damping=lam, blocks=_blocks(net), loss_fn=_mlp_loss, progress=False)
+    ek = layer_gains(net, batches, method="ekfac", damping=lam, blocks=_blocks(net), loss_fn=_mlp_loss,
                        progress=False)
     layers = [net[0], net[2], net[4]]
     for name, lin in zip(_blocks(net), layers):
@@ -249,7 +255,7 @@ SMOKE_CFG = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden
 def test_every_method_runs_on_hf_model(method, curvature, blocks):
     model = random_model(**SMOKE_CFG)
     batches = _hf_batches(vocab=64, n=2, B=2, T=8)
-    res = C.layer_gains(model, batches, method=method, curvature=curvature or "ggn", blocks=blocks, max_iter=5,
+    res = layer_gains(model, batches, method=method, curvature=curvature or "ggn", blocks=blocks, max_iter=5,
                         progress=False)
     n_blocks = 2 if blocks is None else 4
     assert len(res) == n_blocks
@@ -268,16 +274,16 @@ def test_kfac_shared_inputs_give_the_same_scores(monkeypatch, method):
     """q/k/v (and gate/up) read the same tensor: sharing their A factor must not change ζ²."""
     model = random_model(**SMOKE_CFG).double()
     batches = _hf_batches(vocab=64, n=2, B=3, T=8)
-    shared = C.layer_gains(model, batches, method=method, progress=False)
-    monkeypatch.setattr(C, "SHARE_KFAC_INPUTS", False)
-    separate = C.layer_gains(model, batches, method=method, progress=False)
+    shared = layer_gains(model, batches, method=method, progress=False)
+    monkeypatch.setattr(kfac, "SHARE_KFAC_INPUTS", False)
+    separate = layer_gains(model, batches, method=method, progress=False)
     for k in shared:
         assert shared[k] == pytest.approx(separate[k], rel=1e-9)
 
 
 def test_attn_mlp_blocks_partition_each_layer():
     model = random_model(**SMOKE_CFG)
-    blk = C.resolve_blocks(model, "attn_mlp")
+    blk = resolve_blocks(model, "attn_mlp")
     for i, layer in enumerate(model.model.layers):
         got = {id(p) for p in blk[f"layers.{i}.attn"]} | {id(p) for p in blk[f"layers.{i}.mlp"]}
         assert got == {id(p) for p in layer.parameters()}
@@ -288,54 +294,55 @@ def test_cg_steps_give_lemma1_decrease():
     """m_k(d*) = −½ζ² − (λ/2)‖d*‖² (Appendix C identity) with d* returned by CG, checked via block_quadratic."""
     net, batches = _mlp(), _mlp_batches()
     lam = 0.05
-    res = C.layer_gains(net, batches, method="cg", damping=lam, blocks=_blocks(net), loss_fn=_mlp_loss, max_iter=500,
+    res = layer_gains(net, batches, method="cg", damping=lam, blocks=_blocks(net), loss_fn=_mlp_loss, max_iter=500,
                         tol=1e-13, progress=False, return_steps=True)
     for name, block in _blocks(net).items():
-        q = C.block_quadratic(net, batches, list(block.parameters()), res.steps[name], curvature="ggn",
+        q = block_quadratic(net, batches, list(block.parameters()), res.steps[name], curvature="ggn",
                               loss_fn=_mlp_loss)
         assert q["quadratic"] == pytest.approx(-0.5 * res[name] - 0.5 * lam * q["d_norm2"], rel=1e-8)
-        before = C.mean_loss(net, batches, _mlp_loss)
-        with C.applied_step(list(block.parameters()), res.steps[name], scale=1e-3):
-            after = C.mean_loss(net, batches, _mlp_loss)
+        before = mean_loss(net, batches, _mlp_loss)
+        with applied_step(list(block.parameters()), res.steps[name], scale=1e-3):
+            after = mean_loss(net, batches, _mlp_loss)
         assert after < before                      # d* is a descent direction
-    assert C.mean_loss(net, batches, _mlp_loss) == pytest.approx(before)   # parameters restored
+    assert mean_loss(net, batches, _mlp_loss) == pytest.approx(before)   # parameters restored
 
 
-def test_cache_resumes(tmp_path):
+def test_cache_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MDLCAP_CACHE", str(tmp_path))
     net, batches = _mlp(), _mlp_batches()
     calls = []
 
     def compute():
         calls.append(1)
-        return C.layer_gains(net, batches, method="grad_norm", blocks=_blocks(net), loss_fn=_mlp_loss, progress=False)
+        return layer_gains(net, batches, method="grad_norm", blocks=_blocks(net), loss_fn=_mlp_loss, progress=False)
 
-    key = {"model": C.fingerprint_model(net), "data": C.fingerprint_batches(batches), "method": "grad_norm",
+    key = {"model": fingerprint_model(net), "data": fingerprint_batches(batches), "method": "grad_norm",
            "damping": 1e-3}
-    a = C.cached_layer_gains(tmp_path, key, compute)
-    b = C.cached_layer_gains(tmp_path, key, compute)
+    a = cached_gains(key, compute)
+    b = cached_gains(key, compute)
     assert calls == [1] and dict(a) == dict(b) and b.method == "grad_norm"
-    assert len(list(tmp_path.glob("*.json"))) == 1
-    C.cached_layer_gains(tmp_path, {**key, "damping": 1e-2}, compute)       # another key computes again
+    assert len(list((tmp_path / "scores").glob("*.json"))) == 1
+    cached_gains({**key, "damping": 1e-2}, compute)       # another key computes again
     assert calls == [1, 1]
     # a different model or different data changes the key
-    assert C.fingerprint_model(_mlp(seed=3)) != key["model"]
-    assert C.fingerprint_batches(_mlp_batches(seed=5)) != key["data"]
+    assert fingerprint_model(_mlp(seed=3)) != key["model"]
+    assert fingerprint_batches(_mlp_batches(seed=5)) != key["data"]
 
 
 def test_scores_frame_and_load_scores(tmp_path):
-    df = C.scores_frame({("cola", "grad_norm"): {"a": 1.0, "b": 3.0}, ("calibration", "kfac"): {"a": 2.0, "b": 2.0}})
+    df = scores_frame({("cola", "grad_norm"): {"a": 1.0, "b": 3.0}, ("calibration", "kfac"): {"a": 2.0, "b": 2.0}})
     assert list(df.columns) == ["task", "method", "layer", "score", "q"]
     assert df.groupby(["task", "method"])["q"].sum().tolist() == pytest.approx([1.0, 1.0])
     with pytest.raises(FileNotFoundError, match="notebook 02"):
-        C.load_scores(tmp_path)
+        load_scores(tmp_path)
     (tmp_path / "02_curvature_scores").mkdir()
     df.to_csv(tmp_path / "02_curvature_scores" / "scores.csv", index=False)
-    assert len(C.load_scores(tmp_path, task="cola")) == 2
-    assert len(C.load_scores(tmp_path, method="kfac")) == 2
+    assert len(load_scores(tmp_path, task="cola")) == 2
+    assert len(load_scores(tmp_path, method="kfac")) == 2
     with pytest.raises(ValueError, match="task"):
-        C.load_scores(tmp_path, task="nope")
+        load_scores(tmp_path, task="nope")
     with pytest.raises(ValueError, match="all zero"):
-        C.scores_frame({("t", "m"): {"a": 0.0}})
+        scores_frame({("t", "m"): {"a": 0.0}})
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -353,23 +360,23 @@ def test_bad_input(kwargs, match):
     kw = dict(blocks=_blocks(net), loss_fn=_mlp_loss, progress=False)
     kw.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        C.layer_gains(net, batches, **kw)
+        layer_gains(net, batches, **kw)
 
 
 def test_bad_batches_and_blocks():
     net = _mlp()
     with pytest.raises(ValueError, match="batches"):
-        C.layer_gains(net, [], blocks=_blocks(net), loss_fn=_mlp_loss, progress=False)
+        layer_gains(net, [], blocks=_blocks(net), loss_fn=_mlp_loss, progress=False)
     with pytest.raises(ValueError, match="disjoint"):
-        C.layer_gains(net, _mlp_batches(), blocks={"a": net[0], "b": net[0]}, loss_fn=_mlp_loss, progress=False)
+        layer_gains(net, _mlp_batches(), blocks={"a": net[0], "b": net[0]}, loss_fn=_mlp_loss, progress=False)
     with pytest.raises(ValueError, match="outputs"):     # GGN needs the outputs the loss is taken of
-        C.layer_gains(net, _mlp_batches(), blocks=_blocks(net), loss_fn=lambda m, b: _mlp_loss(m, b)[0],
+        layer_gains(net, _mlp_batches(), blocks=_blocks(net), loss_fn=lambda m, b: _mlp_loss(m, b)[0],
                       progress=False)
     with pytest.raises(ValueError, match="model"):       # no decoder layers in a plain MLP
-        C.layer_gains(net, _mlp_batches(), loss_fn=_mlp_loss, progress=False)
+        layer_gains(net, _mlp_batches(), loss_fn=_mlp_loss, progress=False)
 
 
 def test_measure_reports_time_and_memory():
-    _, dt, mem = C.measure(lambda: torch.ones(4_000_000).sum())
+    _, dt, mem = measure(lambda: torch.ones(4_000_000).sum())
     assert dt > 0 and mem >= 0
     assert math.isfinite(dt)

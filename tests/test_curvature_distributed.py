@@ -19,7 +19,8 @@ SCRIPT = textwrap.dedent('''
     import json, os, sys
     import torch
     import torch.distributed as dist
-    from mdlcap.scores import curvature as C, influence as I
+    from mdlcap.scores import influence as I
+    from mdlcap.scores.registry import layer_gains, score_method_name
     from mdlcap.models import random_model
 
     def batches(n, seed):
@@ -37,9 +38,9 @@ SCRIPT = textwrap.dedent('''
         out = {}
         for m, c in [("cg", "ggn"), ("cg", "hessian"), ("diag_fisher", None), ("kfac", None), ("ekfac", None),
                      ("grad_norm", None)]:
-            r = C.layer_gains(model, train, method=m, curvature=c or "ggn", damping=1e-2, max_iter=30, tol=1e-12,
+            r = layer_gains(model, train, method=m, curvature=c or "ggn", damping=1e-2, max_iter=30, tol=1e-12,
                               progress=False)
-            out[C.score_method_name(m, c)] = dict(r)
+            out[score_method_name(m, c)] = dict(r)
         inf = I.layer_influence(model, train, val, progress=False)
         out["layerif_all"], out["layerif_pos"] = inf.layer_sums("all"), inf.layer_sums("pos")
         return out

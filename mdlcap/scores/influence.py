@@ -1,5 +1,6 @@
 """LayerIF (Askari et al. 2025): influence of each training sample on the validation loss,
-restricted to one layer, with DataInf's closed-form inverse (Kwon et al. 2023).
+restricted to one layer, with DataInf's closed-form inverse (Kwon et al. 2023). These are the
+scores the paper's experiments fed into its programs in place of ζ² (METHOD.md §1).
 
 For layer k with per-sample training gradients g_i (of sample i's own loss, w.r.t. θ_k) and the
 validation-loss gradient v = ∇_{θ_k} L_val, the influence of up-weighting sample i is
@@ -33,8 +34,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mdlcap.scores.curvature import (_acc_dtype, _allreduce_, _call_loss, _check_batches, _flat, _global_count, _grads,
-                        _model_device, _no_bar, _scoring_mode, _to_device, block_gradients, resolve_blocks, split_samples)
+from mdlcap.scores.autograd import (acc_dtype, allreduce_, block_gradients, call_loss, check_batches, flat,
+                                    global_count, grads, model_device, progress_off, scoring_mode, split_samples,
+                                    to_device)
+from mdlcap.scores.blocks import resolve_blocks
 
 
 @dataclass
@@ -52,7 +55,7 @@ class Influence:
             raise ValueError(f"pool: must be 'all' or 'pos', got {pool!r}")
         v = self.values if pool == "all" else np.minimum(self.values, 0.0)
         s = torch.tensor(v.sum(0), dtype=torch.float64)
-        _allreduce_([s])
+        allreduce_([s])
         return dict(zip(self.block_names, s.tolist()))
 
     def layer_scores(self, pool: str = "all") -> dict[str, float]:
@@ -68,7 +71,7 @@ class Influence:
 
 def _sample_stream(batches, device):
     for b in batches:
-        for s in split_samples(_to_device(b, device)):
+        for s in split_samples(to_device(b, device)):
             yield s
 
 
@@ -76,23 +79,23 @@ def layer_influence(model, train_batches, val_batches, *, blocks=None, loss_fn=N
                     progress: bool = True, store_limit_bytes: int = 256 * 2**20) -> Influence:
     """LayerIF influence I_k(i) for every training sample i and block k (DataInf inverse).
 
-    train_batches / val_batches: dict batches as for `curvature.layer_gains`; training batches are
+    train_batches / val_batches: dict batches as for `registry.layer_gains`; training batches are
     split into single samples. damping_scale: c in λ_k = c · mean‖g_j‖² / d_k (DataInf uses 0.1).
     """
     if not (isinstance(damping_scale, (int, float)) and damping_scale > 0):
         raise ValueError(f"damping_scale: must be > 0, got {damping_scale!r}")
-    train_batches = _check_batches(train_batches)
-    val_batches = _check_batches(val_batches)
+    train_batches = check_batches(train_batches)
+    val_batches = check_batches(val_batches)
     blk = resolve_blocks(model, blocks)
     names = list(blk)
     params = [p for ps in blk.values() for p in ps]
     sizes = [sum(p.numel() for p in ps) for ps in blk.values()]
-    dtype = _acc_dtype(params)
-    device = _model_device(model)
+    dtype = acc_dtype(params)
+    device = model_device(model)
     bounds = np.cumsum([0] + [len(ps) for ps in blk.values()])
 
     def per_block(gs):                       # flat gradient per block
-        return [_flat(gs[bounds[k]:bounds[k + 1]], dtype) for k in range(len(names))]
+        return [flat(gs[bounds[k]:bounds[k + 1]], dtype) for k in range(len(names))]
 
     v = per_block(block_gradients(model, val_batches, params, loss_fn))         # ∇ L_val per block
     n_local = sum(len(split_samples(b)) for b in train_batches)
@@ -100,12 +103,12 @@ def layer_influence(model, train_batches, val_batches, *, blocks=None, loss_fn=N
     stored: list[list[torch.Tensor]] = []
     vg = np.zeros((n_local, len(names)))
     gg = np.zeros((n_local, len(names)))
-    with _scoring_mode(model, params):
+    with scoring_mode(model, params):
         def sample_grads(desc):
             for s in tqdm(_sample_stream(train_batches, device), total=n_local, desc=desc, leave=False,
-                          disable=_no_bar(progress)):
-                loss, _ = _call_loss(model, s, loss_fn)
-                yield per_block(_grads(loss, params))
+                          disable=progress_off(progress)):
+                loss, _ = call_loss(model, s, loss_fn)
+                yield per_block(grads(loss, params))
 
         # pass 1: vᵀg_j and ‖g_j‖²
         for i, g in enumerate(sample_grads("layerif pass 1")):
@@ -113,9 +116,9 @@ def layer_influence(model, train_batches, val_batches, *, blocks=None, loss_fn=N
             gg[i] = [torch.dot(a, a).item() for a in g]
             if store:
                 stored.append(g)
-        n = _global_count(n_local, device)
+        n = global_count(n_local, device)
         tot = torch.tensor(gg.sum(0), dtype=torch.float64)
-        _allreduce_([tot])
+        allreduce_([tot])
         lam = damping_scale * tot.numpy() / n / np.array(sizes, dtype=float)     # DataInf's λ_k
         coef = vg / (lam + gg)                                                   # (vᵀg_j)/(λ + ‖g_j‖²)
         # pass 2: w_k = (1/n) Σ_j coef_jk g_j
@@ -124,7 +127,7 @@ def layer_influence(model, train_batches, val_batches, *, blocks=None, loss_fn=N
         for j, g in enumerate(it):
             for k in range(len(names)):
                 w[k] += float(coef[j, k]) * g[k]
-        _allreduce_(w)
+        allreduce_(w)
         w = [a / n for a in w]
         # pass 3: wᵀg_i
         wg = np.zeros_like(vg)

@@ -1,0 +1,49 @@
+"""scores.csv, the contract between notebook 02 and the programs of notebooks 03–05
+(METHOD.md §1, Eq 10): one row per (task, method, layer) with the score ζ_k² (or a method's
+stand-in for it) and q_k = score_k / Σ_j score_j on the simplex.
+
+    df = scores_frame({(task, method): gains, ...})      # columns task, method, layer, score, q
+    df = load_scores(run.root, task="cola", method="cg_ggn")
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Mapping
+
+COLUMNS = ["task", "method", "layer", "score", "q"]
+
+
+def scores_frame(results: Mapping[tuple[str, str], Mapping[str, float]]):
+    """{(task, method): {block: score}} -> long DataFrame task, method, layer, score, q (Eq 10: q on the simplex)."""
+    import pandas as pd
+    rows = []
+    for (task, method), gains in results.items():
+        vals = [float(v) for v in gains.values()]
+        if any(not math.isfinite(v) or v < 0 for v in vals):
+            raise ValueError(f"results: scores for ({task}, {method}) must be finite and >= 0")
+        tot = sum(vals)
+        if tot <= 0:
+            raise ValueError(f"results: scores for ({task}, {method}) are all zero; q is undefined")
+        for layer, v in enumerate(vals):
+            rows.append({"task": task, "method": method, "layer": layer, "score": v, "q": v / tot})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def load_scores(run_root: str | os.PathLike, task: str | None = None, method: str | None = None):
+    """scores.csv written by notebook 02 (columns task, method, layer, score, q), optionally filtered."""
+    import pandas as pd
+    path = Path(run_root) / "02_curvature_scores" / "scores.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run notebook 02 first (make nb NB=02 PARAMS=...)")
+    df = pd.read_csv(path)
+    if task is not None:
+        if task not in set(df["task"]):
+            raise ValueError(f"task: {task!r} not in {path} (have {sorted(set(df['task']))})")
+        df = df[df["task"] == task]
+    if method is not None:
+        if method not in set(df["method"]):
+            raise ValueError(f"method: {method!r} not in {path} (have {sorted(set(df['method']))})")
+        df = df[df["method"] == method]
+    return df.reset_index(drop=True)
