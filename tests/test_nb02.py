@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import mdlcap.study.params as P
-from mdlcap.scores import curvature as C
+from mdlcap.scores.table import load_scores
 
 pytestmark = pytest.mark.notebook
 
@@ -30,7 +30,7 @@ def test_scores_csv_contract(smoke_scores):
     # the exact-Hessian CG only where params ask for it (the costliest method)
     assert set(df[df["method"] == "cg_hessian"]["task"]) == set(p.scoring.hessian_tasks)
     # the reader other notebooks use
-    assert len(C.load_scores(smoke_scores.parent, task="cola", method="cg_ggn")) == n_layers
+    assert len(load_scores(smoke_scores.parent, task="cola", method="cg_ggn")) == n_layers
     # grad norm ranks agree with the diagonal-Fisher ζ² only partly or fully, but both are real numbers per layer
     assert df[df["method"] == "grad_norm"]["score"].min() > 0
 

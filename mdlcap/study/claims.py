@@ -146,20 +146,19 @@ CLAIMS += [
 
 # --------------------------------------------------------------------------- notebook 02
 def _zeta_vs_gradnorm(r: Path) -> ClaimResult:
-    v = _csv(r, "02_curvature_scores", "validation_rank_correlation")
-    v = v[v.target == "finetune_heldout_decrease"].set_index("method")["spearman"]
-    z, g = float(v["cg_ggn"]), float(v["grad_norm"])
-    sweep = _csv(r, "02_curvature_scores", "validation_vs_damping")
-    cg = sweep[sweep.method == "cg_ggn"]
-    best = cg.loc[cg.spearman_finetune.idxmax()]
-    ok = z > g
+    from mdlcap.study.curvature_scores import zeta_vs_gradnorm   # notebook 02's own verdict, on its tables
+    verdict = zeta_vs_gradnorm(_csv(r, "02_curvature_scores", "validation_rank_correlation"),
+                               _csv(r, "02_curvature_scores", "validation_vs_damping"))
+    t, d = verdict["targets"]["finetune_heldout_decrease"], verdict["damping"]
+    z, g = float(t["cg_ggn_rho"]), float(t["grad_norm"])
+    ok = t["cg_ggn_beats_grad_norm"]
     return ClaimResult(
         f"Spearman with one-layer fine-tuning gain: ζ² (CG-GGN) {z:+.2f} vs ‖g‖² {g:+.2f}; "
-        f"best ζ² over λ {best.spearman_finetune:+.2f} at λ={best.damping:g}", _scale(r),
+        f"best ζ² over λ {d['best_rho']:+.2f} at λ={d['best_damping']:g}", _scale(r),
         "reproduced" if ok else "not reproduced",
         "ranking of layers by measured held-out decrease; the paper never tests this claim"
         + ("" if ok else "; CG residual at the default λ: "
-           f"{float(cg.iloc[0].cg_rel_residual_median):.2f}"))
+           f"{d['first_rel_residual']:.2f}"))
 
 
 CLAIMS += [
