@@ -5,6 +5,7 @@ Shared helpers every experiment uses:
   load(params, device=None) (model, tokenizer) for the params' model: the embedded default
                             (built and cached by mdlcap.default.pretrain on first use) or a hub id/local dir
   resolve_path(params)      what `from_pretrained` is given for these params
+  resolve_device(params)    params.run.device with "auto" resolved (cuda if available)
   decoder_layers(model)     the list of decoder layers of a HF decoder (Mistral, Gemma, Llama, ...)
   random_model(**config)    a randomly initialised small Mistral for tests (no download)
   fingerprint_model(model)  short hash of the architecture and weights: the one model identity in cache keys
@@ -31,12 +32,18 @@ def resolve_path(params, progress: bool = True) -> str:
     return params.model.name_or_path
 
 
+def resolve_device(params) -> str:
+    """params.run.device, with "auto" read as cuda when available, else cpu."""
+    if params.run.device != "auto":
+        return params.run.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _device(params, device):
     """None -> params.run.device ("auto": cuda if available); under accelerate/torchrun each
     process takes the GPU of its LOCAL_RANK. "auto" as an argument shards over all GPUs."""
     if device is not None:
         return device
-    from mdlcap.study.run import resolve_device
     dev = resolve_device(params)
     if dev == "cuda" and "LOCAL_RANK" in os.environ:
         dev = f"cuda:{int(os.environ['LOCAL_RANK'])}"
