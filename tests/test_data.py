@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from mdlcap import cache
+from mdlcap.default import corpus as C
 from mdlcap.default import data as D
+from mdlcap.default.tasks import finetune as FT
+from mdlcap.default.tasks import registry as R
 from mdlcap.study import params as P
 
 SMOKE = "params/smoke.yaml"
@@ -31,12 +35,12 @@ def _check_schema(rows, task):
         assert isinstance(r["label"], int) and 0 <= r["label"] < len(r["choices"])
 
 
-@pytest.mark.parametrize("task", D.GENERATED_FINETUNE)
+@pytest.mark.parametrize("task", tuple(R.FINETUNE))
 def test_finetune_generator_deterministic_schema_disjoint(task):
     p = _params()
-    a, b = D._generate_finetune(task, p), D._generate_finetune(task, p)
+    a, b = R.generate_finetune(task, p), R.generate_finetune(task, p)
     assert a == b                                            # same seed -> same data
-    assert a != D._generate_finetune(task, _params(seed=1))  # another seed -> other data
+    assert a != R.generate_finetune(task, _params(seed=1))  # another seed -> other data
     sizes = {"train": 24, "validation": 8, "test": 12}
     for split, rows in a.items():
         assert len(rows) == sizes[split]
@@ -49,23 +53,23 @@ def test_finetune_generator_deterministic_schema_disjoint(task):
     assert len(set(labels)) > 1                              # not a constant answer
 
 
-@pytest.mark.parametrize("task", D.GENERATED_ZEROSHOT)
+@pytest.mark.parametrize("task", tuple(R.ZEROSHOT))
 def test_zeroshot_generator_deterministic_schema(task):
     p = _params()
-    a = D._generate_zeroshot(task, p)
-    assert a == D._generate_zeroshot(task, p)
-    assert a != D._generate_zeroshot(task, _params(seed=1))
+    a = R.generate_zeroshot(task, p)
+    assert a == R.generate_zeroshot(task, p)
+    assert a != R.generate_zeroshot(task, _params(seed=1))
     assert len(a) == 12
     _check_schema(a, task)
 
 
 def test_zeroshot_tasks_use_heldout_text_only():
     """Zero-shot items come from held-out paragraphs, never from the pretraining split."""
-    pre = {s["text"] for s in D.sentences(0, "pretrain")}
-    held = D.sentences(0, "heldout")
+    pre = {s["text"] for s in C.sentences(0, "pretrain")}
+    held = C.sentences(0, "heldout")
     assert held
     hs = {s["text"] for s in held}
-    rows = D._generate_zeroshot("rte", _params())
+    rows = R.generate_zeroshot("rte", _params())
     # rte's premise is a whole held-out sentence
     assert all(r["query"].split("\n")[0] in hs for r in rows)
     assert not any(r["query"].split("\n")[0] in pre for r in rows)
@@ -74,7 +78,7 @@ def test_zeroshot_tasks_use_heldout_text_only():
 def test_ensure_load_task_texts_and_errors():
     p = P.load(SMOKE)
     root = D.ensure(p)
-    assert (root / "DONE").exists() and D.ensure(p) == root
+    assert (root / cache.DONE).exists() and D.ensure(p) == root
     for t in p.data.finetune_tasks:
         _check_schema(D.load_task(p, t, "train"), t)
     for t in p.data.zeroshot_tasks:
@@ -130,10 +134,10 @@ def _full_size(seed: int = 0):
     return _params(seed, n_train=512, n_validation=128, n_test=256)
 
 
-@pytest.mark.parametrize("task", D.GENERATED_FINETUNE)
+@pytest.mark.parametrize("task", tuple(R.FINETUNE))
 def test_finetune_labels_balanced(task):
     """No answer position or class dominates a split: a constant guess stays near chance."""
-    for split, rows in D._generate_finetune(task, _full_size()).items():
+    for split, rows in R.generate_finetune(task, _full_size()).items():
         k = len(rows[0]["choices"])
         counts = np.bincount([r["label"] for r in rows], minlength=k) / len(rows)
         assert counts.max() < 1 / k + 0.1, (task, split, counts)
@@ -144,19 +148,19 @@ def test_finetune_cues_cola_mrpc_obqa():
     cola's 'no' sentences end on a word that cannot end a sentence, mrpc's 'no' pairs (and only
     they) negate sentence 2, obqa's answer is the one digit in the prompt."""
     p = _full_size()
-    pre = {s["text"] for s in D.sentences(0, "pretrain")}
-    for r in D._generate_finetune("cola", p)["train"]:
+    pre = {s["text"] for s in C.sentences(0, "pretrain")}
+    for r in R.generate_finetune("cola", p)["train"]:
         sentence = r["query"].split("\nSentence: ")[1].removesuffix("\nAnswer:")
-        assert len(sentence.split()) <= D.COLA_MAX_WORDS
+        assert len(sentence.split()) <= FT.COLA_MAX_WORDS
         if r["label"] == 1:
             assert sentence in pre
         else:
-            assert sentence not in pre and sentence.split()[-1].rstrip(".").lower() in D._CUT_AFTER
-    for r in D._generate_finetune("mrpc", p)["train"]:
+            assert sentence not in pre and sentence.split()[-1].rstrip(".").lower() in FT.CUT_AFTER
+    for r in R.generate_finetune("mrpc", p)["train"]:
         s1, s2 = (r["query"].split(f"Sentence {i}: ")[1].split("\n")[0] for i in (1, 2))
         assert s1 in pre and " not " not in f" {s1} "
         assert (" not " in f" {s2} ") == (r["label"] == 0)
-    for r in D._generate_finetune("obqa", p)["train"]:
+    for r in R.generate_finetune("obqa", p)["train"]:
         digits = [c for c in r["query"] if c.isdigit()]
         assert digits == [r["choices"][r["label"]]]
 
@@ -167,8 +171,8 @@ def test_no_request_repeats_across_tasks_with_another_split():
     of the longest continuation: two tasks must never hold the same text split differently into
     query and choice (winogrande and hellaswag did, which put winogrande at chance in notebook 00)."""
     p = _full_size()
-    rows = {t: D._generate_finetune(t, p)["test"] for t in D.GENERATED_FINETUNE}
-    rows |= {t: D._generate_zeroshot(t, p) for t in D.GENERATED_ZEROSHOT}
+    rows = {t: R.generate_finetune(t, p)["test"] for t in tuple(R.FINETUNE)}
+    rows |= {t: R.generate_zeroshot(t, p) for t in tuple(R.ZEROSHOT)}
     split_of: dict[str, tuple[str, str]] = {}
     for t, rs in rows.items():
         for r in rs:
@@ -180,11 +184,13 @@ def test_no_request_repeats_across_tasks_with_another_split():
 
 def test_generator_version_invalidates_cached_finetune_cells(monkeypatch):
     """Cells of notebooks 03/05 are cached by key; a task-generator change must change the key."""
-    from mdlcap.default import data
+    from mdlcap.default import pretrain
     from mdlcap.interventions import finetune
     from mdlcap.study import params
 
     p = params.load("params/mistral-7b.yaml")          # hub id: resolving it builds nothing
     before = finetune.cell_key(p, "cola", seed=0, counts=[1, 2])
-    monkeypatch.setattr(data, "DATA_VERSION", data.DATA_VERSION + "-changed")
+    model_before = pretrain.model_key(params.load(SMOKE))
+    monkeypatch.setitem(cache.CODE_VERSIONS, "data", cache.CODE_VERSIONS["data"] + "-changed")
     assert finetune.cell_key(p, "cola", seed=0, counts=[1, 2]) != before
+    assert pretrain.model_key(params.load(SMOKE)) == model_before     # the model does not follow the tasks

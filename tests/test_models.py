@@ -90,7 +90,6 @@ def test_hub_params_do_not_build():
         p = P.load(f)
         assert not p.uses_default_model and p.model.dtype == "bfloat16" and not p.model.trust_remote_code
         assert M.resolve_path(p) == hub                       # no build, no download
-        assert p.launch.num_processes > 1 and "accelerate launch" in p.launch.command
 
 
 def test_model_key_tracks_inputs():

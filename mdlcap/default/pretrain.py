@@ -1,46 +1,49 @@
 """Build the embedded default model: a byte-level BPE tokenizer and a small MistralForCausalLM
-pretrained on the Python documentation corpus (`mdlcap.default.data.corpus`), on CPU, in minutes.
+pretrained on the Python documentation corpus (`mdlcap.default.corpus`), on CPU, in minutes.
 
-    path = build(params)      # trains and saves under .cache/mdlcap/models/<key>/, or reuses it
+    path = build(params)      # trains and saves in the one cache (namespace "models"), or reuses it
 
-The key hashes the architecture, the pretraining recipe, the data seed, the corpus version and
-PRETRAIN_VERSION, so a second `make all` reuses the model and any change rebuilds it. The build
-writes to a temp folder and renames it into place: an interrupted build leaves no half model.
+The spec names the architecture, the pretraining recipe, the data seed and the corpus version
+(not the task generators' version: a task change does not retrain the model); the key adds
+`cache.CODE_VERSIONS["models"]`. So a second `make all` reuses the model and any change rebuilds
+it. `cache.cached_dir` builds in a temp folder and renames it into place: an interrupted build
+leaves no half model.
 """
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mdlcap.default import data as mdata
-from mdlcap import files as mio
+from mdlcap import cache, files
+from mdlcap.default.corpus import corpus, corpus_version
 
-PRETRAIN_VERSION = "2"
 SPECIAL = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "pretrain_metrics.json")
 
 
-def model_key(params) -> str:
+def model_spec(params) -> dict:
+    """What the default model is a function of (its cache spec)."""
     m = params.model
-    return mio.cache_key({"architecture": dataclasses.asdict(m.architecture),
-                          "pretrain": dataclasses.asdict(m.pretrain), "data_seed": params.data.seed,
-                          "corpus": mdata.corpus_version(), "code": PRETRAIN_VERSION})
+    return {"architecture": dataclasses.asdict(m.architecture), "pretrain": dataclasses.asdict(m.pretrain),
+            "data_seed": params.data.seed, "corpus": corpus_version()}
+
+
+def model_key(params) -> str:
+    return cache.key("models", model_spec(params))
 
 
 def model_dir(params) -> Path:
-    return mio.cache_dir("models") / model_key(params)
+    """Where the model of these params lives (built or not)."""
+    return cache.path("models", model_spec(params), suffix="")
 
 
 def is_built(path: Path) -> bool:
-    return all((path / f).exists() for f in MODEL_FILES)
+    return (path / cache.DONE).exists() and all((path / f).exists() for f in MODEL_FILES)
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -123,7 +126,7 @@ def pretrain(params, out_dir: Path, progress: bool = True) -> dict:
 
     t0 = time.time()
     pp = params.model.pretrain
-    corp = mdata.corpus(params.data.seed)
+    corp = corpus(params.data.seed)
     tokenizer = train_tokenizer([p["text"] for p in corp["pretrain"]], params.model.architecture.vocab_size)
     train = token_stream(tokenizer, corp["pretrain"])
     held = token_stream(tokenizer, corp["heldout"])
@@ -179,76 +182,17 @@ def pretrain(params, out_dir: Path, progress: bool = True) -> dict:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    mio.atomic_write_json(out_dir / "pretrain_metrics.json", metrics)
+    files.atomic_write_json(out_dir / "pretrain_metrics.json", metrics)
     return metrics
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def build(params, progress: bool = True, force: bool = False) -> Path:
-    """Path of the default model for these params, pretraining it first if not cached.
-
-    Builders of the same key wait on a per-key file lock; the model is trained into a temp
-    folder and renamed into place when complete. Temp folders of killed builds are removed."""
-    final = model_dir(params)
-    if is_built(final) and not force:
-        return final
-    with open(final.parent / f".lock-{final.name}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if is_built(final) and not force:
-            return final
-        for stale in final.parent.glob(f".tmp-{final.name}-*"):
-            if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
-                shutil.rmtree(stale, ignore_errors=True)
-        tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            pretrain(params, tmp, progress=progress)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    """Path of the default model for these params, pretraining it first if not cached
+    (`cache.cached_dir`: builders of one key wait on its lock; `force` retrains)."""
+    return cache.cached_dir("models", model_spec(params), lambda tmp: pretrain(params, tmp, progress=progress),
+                            force=force)
 
 
 def metrics(params) -> dict:
     """The pretraining metrics saved next to the default model (builds it if needed)."""
-    return mio.read_json(build(params) / "pretrain_metrics.json")
-
-
-def finetune_full(model, batches: list[dict], steps: int, lr: float = 1e-3, seed: int = 0,
-                  progress: bool = True) -> list[float]:
-    """Plain full fine-tuning (AdamW, constant lr) for `steps` steps cycling over shuffled
-    `batches` (e.g. mdlcap.default.data.task_batches): the learnability sanity check of notebook 00,
-    not the study's LoRA fine-tuning (mdlcap.interventions.finetune). Returns the loss per step."""
-    from tqdm.auto import tqdm
-    if steps < 1:
-        raise ValueError(f"steps: must be >= 1, got {steps}")
-    if not batches:
-        raise ValueError("batches: must be a non-empty list")
-    dev = next(model.parameters()).device
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    rng = np.random.default_rng(seed)
-    order, losses = [], []
-    model.train()
-    for _ in tqdm(range(steps), desc="fine-tune", disable=not progress):
-        if not order:
-            order = list(rng.permutation(len(batches)))
-        b = {k: v.to(dev) for k, v in batches[order.pop()].items()}
-        loss = model(**b).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
+    return files.read_json(build(params) / "pretrain_metrics.json")

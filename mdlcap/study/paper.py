@@ -85,4 +85,5 @@ THRESHOLDS = {
     "sweep_rel_gain": 0.05,          # notebook 04: layer-wise ratios "matter" above 5 % lower perplexity
     "regret_slope_tolerance": 0.2,   # Thm 4: fitted log-log slope within this of CLAIMED order 2
     "caq_accuracy_loss_points": 1.0,  # CAQ "equal accuracy": at most this many points below full precision
+    "above_chance_z": 2.0,           # notebook 00: a task is answered above chance when z > this
 }
