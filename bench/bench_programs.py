@@ -13,7 +13,7 @@ import io
 import sys
 
 from mdlcap import files as mio
-from mdlcap.theory.reference import timing_table
+from mdlcap.study.solver_speed import timing_table
 
 
 def main(argv=None) -> int:

@@ -143,3 +143,35 @@ def fingerprint_batches(batches) -> str:
             else:
                 h.update(repr(v).encode())
     return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- architectures without weights
+def meta_model(config) -> nn.Module:
+    """A Hugging Face causal LM built on the meta device from a config: shapes, no memory."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def config_layer_sizes(config):
+    """Parameter count N_k of each decoder layer of the architecture `config` describes
+    (built on the meta device: no weights, no download). For a loaded model use
+    `mdlcap.interventions.pruning.layer_sizes(model)`."""
+    import numpy as np
+
+    return np.array([sum(p.numel() for p in layer.parameters()) for layer in decoder_layers(meta_model(config))],
+                    dtype=float)
+
+
+def lora_expert_flops(config, rank: int = 8):
+    """FLOPs per token of one rank-r LoRA expert on every linear map of each decoder layer:
+    Σ_linear 2 r (d_in + d_out) (the paper's c_k, "FLOPs of a single LoRA expert at layer k";
+    the paper does not say which modules carry experts: we read it as all of them; METHOD.md §2)."""
+    import numpy as np
+
+    out = []
+    for layer in decoder_layers(meta_model(config)):
+        out.append(sum(2 * rank * (m.in_features + m.out_features)
+                       for m in layer.modules() if isinstance(m, torch.nn.Linear)))
+    return np.array(out, dtype=float)

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mdlcap.theory import programs, transfer
+from mdlcap.study import transfer_regret as study
+from mdlcap.theory import instances, programs, transfer
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -68,7 +69,7 @@ def pruning_case(draw, regime: str):
 
 def _any_case(draw_program: str):
     """Any regime: the package's own generator, steered in turn (seeded by hypothesis)."""
-    return st.builds(lambda seed, K, mode, delta: transfer.random_instance(
+    return st.builds(lambda seed, K, mode, delta: instances.random_instance(
         draw_program, K, delta, np.random.default_rng(seed), mode=mode),
         st.integers(0, 2**32 - 1), st.integers(2, 12), st.sampled_from(transfer.REGIMES),
         st.floats(1e-4, 0.3))
@@ -159,7 +160,7 @@ def test_random_search_finds_no_counterexample():
     beyond the notebook's range) and none exceeds Eq 21. A failure here is a counterexample."""
     n = 400
     for prog in transfer.PROGRAMS:
-        df = transfer.search(prog, n, 6, [1e-4, 0.3], seed=11, progress=False)
+        df = study.search(prog, n, 6, [1e-4, 0.3], seed=11, progress=False)
         assert len(df) == n and set(df.regime) >= {"interior", "both_active", "one_active", "clipped"}
         bad = df[df.violated]
         assert bad.empty, bad[["regime", "regret", "bound", "q_source", "q_target", "args"]].to_string()
@@ -169,9 +170,9 @@ def test_random_search_finds_no_counterexample():
 def test_adversarial_search_climbs_but_finds_no_counterexample():
     """Hill climbing on regret/Eq 21 only ever raises the ratio, and stays below 1."""
     for prog in transfer.PROGRAMS:
-        df = transfer.search(prog, 40, 4, [1e-3, 0.1], seed=5, progress=False)
+        df = study.search(prog, 40, 4, [1e-3, 0.1], seed=5, progress=False)
         starts = df.sort_values("ratio", ascending=False).head(2)
-        adv = transfer.adversarial_search(prog, starts, steps=60, seed=1)
+        adv = study.adversarial_search(prog, starts, steps=60, seed=1)
         assert len(adv) == 2
         assert (adv.ratio >= adv.start_ratio).all()
         assert (adv.ratio > adv.start_ratio).any()
@@ -181,7 +182,7 @@ def test_adversarial_search_climbs_but_finds_no_counterexample():
         again = transfer.evaluate(prog, r.q_source, r.q_target, **r.args)
         assert again.ratio == pytest.approx(r.ratio, rel=1e-9)
     with pytest.raises(ValueError, match="steps"):
-        transfer.adversarial_search("prune", starts, steps=0)
+        study.adversarial_search("prune", starts, steps=0)
 
 
 def test_step2_fails_but_bound_holds_on_recorded_instance():
@@ -258,13 +259,13 @@ def test_regime_classification():
 
 
 def test_sweep_slope_is_two_for_interior():
-    sw = transfer.sweep("prune", 6, [1e-3, 1e-2, 1e-1], n_per_regime=1, seed=3)
-    sl = transfer.sweep_slopes(sw)
+    sw = study.sweep("prune", 6, [1e-3, 1e-2, 1e-1], n_per_regime=1, seed=3)
+    sl = study.sweep_slopes(sw)
     interior = sl[sl.single_regime == "interior"]
     assert len(interior) >= 1
     assert interior.slope_regret.between(1.9, 2.1).all()
-    assert transfer.fit_slope([1, 10, 100], [3, 300, 30000]) == pytest.approx(2.0)
-    assert np.isnan(transfer.fit_slope([1, 2], [0, 0]))
+    assert study.fit_slope([1, 10, 100], [3, 300, 30000]) == pytest.approx(2.0)
+    assert np.isnan(study.fit_slope([1, 2], [0, 0]))
 
 
 def test_task_pairs_and_scores_by_task():
@@ -275,10 +276,10 @@ def test_task_pairs_and_scores_by_task():
         "score": 1.0,
         "q": [0.2, 0.5, 0.3000001, 0.3, 0.3, 0.4, 0.1, 0.6, 0.3],
     })
-    qs = transfer.scores_by_task(scores, "cg_ggn")
+    qs = study.scores_by_task(scores, "cg_ggn")
     assert list(qs) == ["a", "b", "c"]
     np.testing.assert_allclose(qs["a"], np.array([0.5, 0.3000001, 0.2]) / 1.0000001)
-    t = transfer.task_pairs(qs, "allocate", cost=1.0, budget=5.0, beta=20.0)
+    t = study.task_pairs(qs, "allocate", cost=1.0, budget=5.0, beta=20.0)
     assert len(t) == 6 and set(zip(t.source, t.target)) == {(s, d) for s in "abc" for d in "abc" if s != d}
     assert (t.regret >= -1e-12).all() and not t.violated.any() and (t.error == "").all()
 
@@ -300,10 +301,10 @@ def test_task_pairs_and_scores_by_task():
                                    n_max=0.1), "n_max.*box"),
     (lambda: transfer.drift([0.5, 0.5], -1.0, [1.0, 0.0]), "delta"),
     (lambda: transfer.drift([0.5, 0.5], 0.1, [1.0]), "direction"),
-    (lambda: transfer.random_instance("prune", 1, 0.1, np.random.default_rng(0)), "K"),
-    (lambda: transfer.random_instance("prune", 4, 0.1, np.random.default_rng(0), mode="odd"), "mode"),
-    (lambda: transfer.search("prune", 0, 4, [0.1]), "n_instances"),
-    (lambda: transfer.search("prune", 3, 4, [0.0, 0.1]), "deltas"),
+    (lambda: instances.random_instance("prune", 1, 0.1, np.random.default_rng(0)), "K"),
+    (lambda: instances.random_instance("prune", 4, 0.1, np.random.default_rng(0), mode="odd"), "mode"),
+    (lambda: study.search("prune", 0, 4, [0.1]), "n_instances"),
+    (lambda: study.search("prune", 3, 4, [0.0, 0.1]), "deltas"),
 ])
 def test_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):

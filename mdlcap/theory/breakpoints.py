@@ -59,7 +59,7 @@ def _finite_in(x, lo, lo_open, hi):
 # --------------------------------------------------------------------------- allocation (Eq 11–13)
 @njit(cache=True, error_model="numpy")
 def allocation_terms(q, c, budget, alpha, beta, gamma):
-    """(status, w, r): benefit weights w_k = β q_k^γ (Eq 12) and breakpoints r_k = w_k / c_k.
+    """(status, w, r): benefit weights w_k = β q_k^γ (Eq 13) and breakpoints r_k = w_k / c_k.
 
     BAD_INPUT unless: q, c non-empty, same length; q finite ≥ 0 with Σq > 0; c finite > 0;
     budget > 0, α ≥ 0, β > 0, γ ≥ 0 finite; Σw finite and > 0.

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mdlcap.theory import programs as P
+from mdlcap.theory.allocation import allocation_objective
+from mdlcap.theory.pruning import pruning_objective
 
 SOLVER = "CLARABEL"
 # Tighter than CLARABEL's defaults (1e-8 gap / feasibility): a reference must be more accurate
@@ -70,7 +71,6 @@ def _solve(prob, solver, solver_opts) -> tuple[str, str]:
             c.save_dual_value(dv)
         return label, cp.OPTIMAL_INACCURATE
     return route, prob.status
-    return route
 
 
 @dataclass
@@ -101,7 +101,7 @@ def allocate_cvxpy(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, solver=SO
     x = np.maximum(np.asarray(n.value, float), 0.0)
     mu = float(budget_con.dual_value) * scale
     return ReferenceResult(x=x, dual=mu,
-                           objective=P.allocation_objective(x, q, c, alpha=alpha, beta=beta, gamma=gamma),
+                           objective=allocation_objective(x, q, c, alpha=alpha, beta=beta, gamma=gamma),
                            status=status, solve_time=float(prob.solver_stats.solve_time or np.nan),
                            route=route)
 
@@ -131,7 +131,7 @@ def prune_cvxpy(q, sizes, target, *, bits=16.0, lam=2.0, gamma=1.0, rho_max=1.0,
     if equality:
         dual = -dual                      # cvxpy's equality multiplier enters with the other sign
     return ReferenceResult(x=x, dual=dual,
-                           objective=P.pruning_objective(x, q, N, bits=bits, lam=lam, gamma=gamma),
+                           objective=pruning_objective(x, q, N, bits=bits, lam=lam, gamma=gamma),
                            status=status, solve_time=float(prob.solver_stats.solve_time or np.nan),
                            route=route)
 
@@ -166,244 +166,3 @@ def allocate_integer_milp(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, n_
     prob.solve(solver=solver)
     return nmin + np.rint(np.asarray(x.value).sum(axis=1)).astype(np.int64)
 
-
-# --------------------------------------------------------------------------- timing comparison
-def bench_instance(program: str, K: int, seed: int = 0) -> tuple[tuple, dict]:
-    """A random instance (args, kwargs) where the coupling constraint binds, so the dual search
-    actually runs. Allocation: the paper's α=1, β=0.9, γ=0.5, costs ~1/K, budget 0.1.
-    Pruning: the paper's b=16, λ=2, γ=1, ρ_max=0.51, s=0.5 with the exact-target variant
-    (the inequality one is slack at these values, METHOD.md §3) on sizes in units of the mean
-    layer (cvxpy cannot resolve the quadratic term next to raw sizes ~1e8; ours is unaffected).
-    """
-    rng = np.random.default_rng(seed)
-    q = rng.dirichlet(np.ones(K))
-    if program == "allocate":
-        return (q, rng.uniform(0.5, 1.5, K) / K, 0.1), dict(alpha=1.0, beta=0.9, gamma=0.5)
-    if program == "prune":
-        q = (q + 1e-3 / K) / (1 + 1e-3)                      # keep every q_k > 0 (Theorem 3)
-        return (q, rng.uniform(1.0, 3.0, K), 0.5), dict(bits=16.0, lam=2.0, gamma=1.0,
-                                                       rho_max=0.51, equality=True)
-    raise ValueError(f"program: must be 'allocate' or 'prune' (got {program!r})")
-
-
-def median_call_time(fn, *, min_time: float = 0.2, min_calls: int = 5, max_calls: int = 20_000) -> tuple[float, int]:
-    """Median wall time of single calls of fn() (each call timed on its own), and the count."""
-    import time
-
-    fn()                                                     # warm up (imports, caches)
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() - start < min_time):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), len(times)
-
-
-def timing_table(Ks=(32, 1_000, 100_000, 1_000_000), programs=("allocate", "prune"),
-                 cvxpy_max_K: int = 10_000, cvxpy_time_limit: float = 20.0, min_time: float = 0.2,
-                 progress: bool = True):
-    """Median time per call for bisection, exact and cvxpy (same instances, same process).
-
-    cvxpy is timed as a user calls it (build, canonicalise, solve: `*_cvxpy`), with the time
-    inside the solver alone in `cvxpy_solver_s`; it is skipped above `cvxpy_max_K` or once a
-    call took longer than `cvxpy_time_limit` seconds. Speed-ups are cvxpy time / our time.
-    Returns a pandas DataFrame (one row per program, K, method).
-    """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    solve = {"allocate": P.allocate, "prune": P.prune}
-    ref = {"allocate": allocate_cvxpy, "prune": prune_cvxpy}
-    rows = []
-    jobs = [(p, int(K)) for p in programs for K in Ks]
-    too_slow = set()
-    for prog, K in tqdm(jobs, desc="timing", **({} if progress else {"disable": True})):
-        args, kw = bench_instance(prog, K)
-        exact = solve[prog](*args, method="exact", **kw)
-        x_exact = exact.n if prog == "allocate" else exact.rho
-        base = {}
-        for method in ("bisection", "exact"):
-            res = solve[prog](*args, method=method, **kw)
-            t, calls = median_call_time(lambda: solve[prog](*args, method=method, **kw), min_time=min_time)
-            x = res.n if prog == "allocate" else res.rho
-            base[method] = t
-            rows.append(dict(program=prog, K=K, method=method, median_s=t, calls=calls,
-                             active=bool(res.active), kkt_residual=res.kkt_residual,
-                             max_abs_diff_vs_exact=float(np.max(np.abs(x - x_exact))),
-                             cvxpy_solver_s=np.nan))
-        if K <= cvxpy_max_K and prog not in too_slow:
-            out = ref[prog](*args, **kw)
-            t, calls = median_call_time(lambda: ref[prog](*args, **kw), min_time=min_time, min_calls=3)
-            solver_t = float(out.solve_time)
-            if t > cvxpy_time_limit:
-                too_slow.add(prog)
-            rows.append(dict(program=prog, K=K, method="cvxpy", median_s=t, calls=calls,
-                             active=None, kkt_residual=np.nan,
-                             max_abs_diff_vs_exact=float(np.max(np.abs(out.x - x_exact))),
-                             cvxpy_solver_s=solver_t, cvxpy_route=out.route))
-            for r in rows:
-                if r["program"] == prog and r["K"] == K and r["method"] != "cvxpy":
-                    r["speedup_vs_cvxpy"] = t / r["median_s"]
-                    r["speedup_vs_cvxpy_solver_only"] = solver_t / r["median_s"]
-    return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------- Lemma 1 / Appendix C
-def random_block(dim: int, kind: str, rng) -> np.ndarray:
-    """Symmetric curvature block with a chosen spectrum: "pd" (eigenvalues log-uniform in
-    [1e-3, 10]), "psd" (a third of them exactly 0), "indefinite" (a third in [−1, −1e-3])."""
-    Q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
-    eig = np.exp(rng.uniform(np.log(1e-3), np.log(10.0), dim))
-    m = max(1, dim // 3)
-    if kind == "psd":
-        eig[:m] = 0.0
-    elif kind == "indefinite":
-        eig[:m] = -np.exp(rng.uniform(np.log(1e-3), 0.0, m))
-    elif kind != "pd":
-        raise ValueError(f"kind: must be 'pd', 'psd' or 'indefinite' (got {kind!r})")
-    return (Q * eig) @ Q.T
-
-
-def lemma1_check(H, g, lam: float) -> dict:
-    """Lemma 1 and Appendix C at one block: d* = −H̃⁻¹g with H̃ = H + λI.
-
-    Returns ζ² = gᵀH̃⁻¹g, the relative errors of (i) the surrogate decrease ½ζ² and (ii) the
-    reconstructed identity m(d*) = −½ζ² − (λ/2)‖d*‖² for the true quadratic, the bias
-    λ‖d*‖², and whether 0 ≤ bias ≤ λ/(λ+σ_min(H)) ζ² ≤ ζ² holds. If H̃ is not positive
-    definite the surrogate has no minimiser (Lemma 1 does not apply): `damped_pd` is False.
-    """
-    H = np.asarray(H, float)
-    g = np.asarray(g, float)
-    Ht = H + lam * np.eye(len(g))
-    sig_min = float(np.linalg.eigvalsh(H)[0])
-    pd = bool(np.linalg.eigvalsh(Ht)[0] > 0)
-    d = -np.linalg.solve(Ht, g)
-    zeta2 = float(-(g @ d))                                              # gᵀ H̃⁻¹ g
-    surrogate = float(g @ d + 0.5 * d @ Ht @ d)                          # Lemma 1: = −½ζ²
-    true_val = float(g @ d + 0.5 * d @ H @ d)                            # m_k(d*)
-    bias = float(lam * d @ d)
-    factor = lam / (lam + sig_min) if lam + sig_min > 0 else np.inf
-    scale = max(abs(zeta2), 1e-300)
-    return dict(dim=len(g), lam=lam, sigma_min=sig_min, damped_pd=pd, zeta2=zeta2,
-                decrease_rel_err=abs(surrogate + 0.5 * zeta2) / scale,
-                grad_rel_norm=float(np.linalg.norm(g + Ht @ d) / np.linalg.norm(g)),
-                identity_rel_err=abs(true_val - (-0.5 * zeta2 - 0.5 * bias)) / scale,
-                bias=bias, bias_over_zeta2=bias / scale, bound_factor=factor,
-                bias_le_zeta2=bool(0 <= bias <= zeta2 * (1 + 1e-10)),
-                bias_le_factor_bound=bool(bias <= factor * zeta2 * (1 + 1e-10) + 1e-300))
-
-
-def ranking_check(blocks, grads, lam: float) -> float:
-    """Fraction of layer pairs ordered the same by ζ²(λ) and by the undamped best decrease
-    gᵀH⁻¹g (positive-definite blocks): Appendix C's claim that small λ keeps the ranking."""
-    z_lam = np.array([g @ np.linalg.solve(H + lam * np.eye(len(g)), g) for H, g in zip(blocks, grads)])
-    z_0 = np.array([g @ np.linalg.solve(H, g) for H, g in zip(blocks, grads)])
-    i, j = np.triu_indices(len(z_0), 1)
-    return float(np.mean(np.sign(z_lam[i] - z_lam[j]) == np.sign(z_0[i] - z_0[j])))
-
-
-# --------------------------------------------------------------------------- random instances
-def random_allocation_instance(rng, K: int, regime: str) -> tuple[tuple, dict]:
-    """Allocation instance with the budget "active" (below the unconstrained spend) or
-    "inactive" (above it); costs, α, β, γ random, some layers left at n = 0."""
-    q = rng.dirichlet(np.full(K, rng.choice([0.3, 1.0, 3.0])))
-    cost = rng.uniform(0.2, 2.0, K) / K
-    kw = dict(alpha=float(rng.choice([0.5, 0.9, 1.0, 2.0])), beta=float(rng.choice([0.9, 1.0])),
-              gamma=float(rng.choice([0.5, 0.9, 1.0, 2.0])))
-    free = P.allocate(q, cost, 1e300, **kw)                                 # unconstrained optimum
-    spend = float(cost @ free.n)
-    if spend <= 0:                                                           # nothing worth buying:
-        kw["alpha"] = 0.1 * float(np.max(kw["beta"] * q ** kw["gamma"] / cost))  # lower α
-        spend = float(cost @ P.allocate(q, cost, 1e300, **kw).n)
-    budget = spend * (rng.uniform(0.05, 0.8) if regime == "active" else rng.uniform(1.2, 3.0))
-    return (q, cost, budget), kw
-
-
-def random_pruning_instance(rng, K: int, regime: str) -> tuple[tuple, dict]:
-    """Pruning instance: "inactive" (target already met at ν = 0), "active" (inequality binds)
-    or "equality"; λ scaled so that some layers are interior and some clipped."""
-    q = rng.dirichlet(np.full(K, rng.choice([0.3, 1.0, 3.0]))) + 1e-3 / K
-    q /= q.sum()
-    N = rng.uniform(0.5, 2.0, K)
-    gamma = float(rng.choice([0.5, 1.0, 2.0]))
-    rho_max = float(rng.choice([0.51, 0.55, 0.8, 1.0]))
-    bits = float(rng.choice([1.0, 16.0]))
-    a0 = N / (2 * q ** gamma)
-    lam = float(bits * np.median(a0) / (rng.uniform(0.1, 0.6) * rho_max))  # median ρ(0) ≈ 0.1–0.6 ρ_max
-    kw = dict(bits=bits, lam=lam, gamma=gamma, rho_max=rho_max, equality=regime == "equality")
-    at0 = float(N @ np.clip(bits * a0 / lam, 0, rho_max) / N.sum())        # sparsity at ν = 0
-    if regime == "inactive":
-        target = at0 * rng.uniform(0.3, 0.95)
-    else:
-        target = at0 + (0.98 * rho_max - at0) * rng.uniform(0.1, 0.9)
-    return (q, N, target), kw
-
-
-def compare_instance(program: str, args: tuple, kw: dict) -> dict:
-    """Closed form (bisection and exact) vs cvxpy on one instance: one row for a table."""
-    if program == "allocate":
-        ours, ex, ref = (P.allocate(*args, method="bisection", **kw), P.allocate(*args, method="exact", **kw),
-                         allocate_cvxpy(*args, **kw))
-        x, xe, dual = ours.n, ex.n, ours.mu
-        ref_kkt = P.allocation_kkt(ref.x, max(ref.dual, 0.0), *args, **kw)
-        extra = dict(n_zero=int(np.sum(x == 0)), n_clipped=0)
-    else:
-        ours, ex, ref = (P.prune(*args, method="bisection", **kw), P.prune(*args, method="exact", **kw),
-                         prune_cvxpy(*args, **kw))
-        x, xe, dual = ours.rho, ex.rho, ours.nu
-        ref_kkt = P.pruning_kkt(ref.x, ref.dual, *args, **kw)
-        extra = dict(n_zero=int(np.sum(x == 0)), n_clipped=int(np.sum(x >= kw["rho_max"])))
-    return dict(program=program, K=len(args[0]), active=bool(ours.active), **extra,
-                max_abs_diff_x=float(np.max(np.abs(x - ref.x))),
-                max_rel_diff_x=float(np.max(np.abs(x - ref.x)) / (1.0 + np.max(np.abs(ref.x)))),
-                obj_diff=float(ours.objective - ref.objective),
-                rel_obj_diff=float(abs(ours.objective - ref.objective) / max(1.0, abs(ref.objective))),
-                dual=float(dual), dual_cvxpy=float(ref.dual),
-                max_abs_diff_bisection_exact=float(np.max(np.abs(x - xe))),
-                kkt_residual=float(ours.kkt_residual), kkt_residual_exact=float(ex.kkt_residual),
-                kkt_residual_cvxpy=float(ref_kkt), cvxpy_status=ref.status, cvxpy_route=ref.route,
-                bisection_rounds=int(ours.iterations))
-
-
-# --------------------------------------------------------------------------- real layer sizes
-def meta_model(config):
-    """A Hugging Face causal LM built on the meta device from a config: shapes, no memory."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
-def layer_sizes(config) -> np.ndarray:
-    """Parameter count N_k of each decoder layer of the architecture described by `config`."""
-    from mdlcap.models import decoder_layers
-
-    return np.array([sum(p.numel() for p in layer.parameters()) for layer in decoder_layers(meta_model(config))],
-                    dtype=float)
-
-
-def lora_expert_flops(config, rank: int = 8) -> np.ndarray:
-    """FLOPs per token of one rank-r LoRA expert on every linear map of each decoder layer:
-    Σ_linear 2 r (d_in + d_out) (the paper's c_k, "FLOPs of a single LoRA expert at layer k";
-    the paper does not say which modules carry experts: we read it as all of them)."""
-    import torch
-
-    from mdlcap.models import decoder_layers
-
-    out = []
-    for layer in decoder_layers(meta_model(config)):
-        out.append(sum(2 * rank * (m.in_features + m.out_features)
-                       for m in layer.modules() if isinstance(m, torch.nn.Linear)))
-    return np.array(out, dtype=float)
-
-
-def critical_lambda(q, sizes, target, *, bits=16.0, gamma=1.0, rho_max=1.0) -> float:
-    """Smallest λ at which the inequality target of Eq 14 binds (below it ν = 0 and the ratios
-    are clip(b N_k / (2λq_k^γ), 0, ρ_max) whatever s is). At ν = 0 the sparsity is
-    Σ N min((b/λ) N/(2q^γ), ρ_max) / ΣN, so b/λ_crit is the τ that the exact-target program with
-    λ = 1 finds."""
-    tau = P.prune(q, sizes, target, bits=bits, lam=1.0, gamma=gamma, rho_max=rho_max,
-                  equality=True, method="exact").tau
-    return float(bits / tau) if tau > 0 else float("inf")

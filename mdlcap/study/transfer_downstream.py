@@ -1,0 +1,108 @@
+"""Notebook 05 §3: does a transferred allocation matter for the model? (METHOD.md §4)
+
+For chosen ordered task pairs, LoRA-MoE is fine-tuned on the target task with the target's own
+Algorithm-1 expert counts ("native") and with the source's ("transferred"), per seed, exactly
+as notebook 03 fine-tunes a cell; `downstream_summary` pairs them and `downstream_verdicts`
+says what the difference means against seed noise.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from mdlcap import files, models
+from mdlcap.interventions import allocation as ab
+from mdlcap.interventions import finetune as ft
+
+
+def downstream_pairs(real, tasks, n_pairs: int = 2, method: str = "cg_ggn") -> list[tuple[str, str]]:
+    """Task pairs for the fine-tuning check: among `tasks`, the ordered pair with the largest
+    allocation regret under `method`'s scores, then the smallest (then the next largest ...)."""
+    if real is None or len(real) == 0 or n_pairs <= 0:
+        return []
+    ok = real[(real["error"] == "") & (real["program"] == "allocate") & (real["method"] == method)
+              & real["source"].isin(tasks) & real["target"].isin(tasks)]
+    ok = ok.drop_duplicates(["source", "target"]).sort_values("regret", ascending=False)
+    pairs = list(zip(ok["source"], ok["target"]))
+    picked, lo, hi = [], len(pairs) - 1, 0
+    while len(picked) < min(n_pairs, len(pairs)):
+        if len(picked) % 2 == 0:
+            picked.append(pairs[hi]); hi += 1
+        else:
+            picked.append(pairs[lo]); lo -= 1
+    return picked
+
+
+def downstream(params, scores, pairs, *, cache_dir, method: str = "mdl_cg_ggn", device: str = "cpu",
+               reuse=()):
+    """Accuracy on the target task of LoRA-MoE fine-tuned with the target's own allocation
+    ("native") and with the source's ("transferred"), per seed of params.allocation.
+
+    Allocations come from `allocation_baselines.allocate(method, ...)` (Algorithm 1 on the task's
+    scores), fine-tuning and lm-eval accuracy from `finetune.cached_cell` (notebook 03's cell:
+    same settings, results cached per allocation, so equal counts share one run). A cell already
+    in one of the `reuse` folders (e.g. notebook 03's cache, same cell key) is copied, not re-run."""
+    A = params.allocation
+    acc = ft.make_accelerator(device)
+    base, tok = models.load(params, device=str(acc.device), progress=False)
+    L = len(models.decoder_layers(base))
+    rows = []
+    cells = [(s, t, seed) for s, t in pairs for seed in A.seeds]
+    batches = {}
+    for s, t, seed in tqdm(cells, desc="downstream cells"):
+        native = ab.allocate(method, n_layers=L, total=A.total_experts, params=A, scores=scores, task=t)
+        moved = ab.allocate(method, n_layers=L, total=A.total_experts, params=A, scores=scores, task=s)
+        if native is None or moved is None:
+            raise ValueError(f"method: {method!r} has no scores for {s!r} or {t!r} in scores.csv")
+        if t not in batches:
+            batches[t] = ft.task_train_batches(params, tok, t)
+        for kind, counts in (("native", native), ("transferred", moved)):
+            name = f"{t}_{ft.cell_key(params, t, seed, [int(c) for c in counts])}.json"
+            mine = Path(cache_dir) / name
+            for d in reuse:
+                if not mine.exists() and (Path(d) / name).exists():
+                    files.atomic_write_bytes(mine, (Path(d) / name).read_bytes())
+            rec = ft.cached_cell(cache_dir, base, tok, params, t, seed=seed, counts=[int(c) for c in counts],
+                                 accelerator=acc, batches=batches[t])
+            rows.append({"source": s, "target": t, "seed": int(seed), "kind": kind,
+                         "accuracy": rec["accuracy"], "counts": " ".join(map(str, counts)),
+                         "same_counts": bool(np.array_equal(native, moved)), "cached": rec.get("cached", False)})
+    return pd.DataFrame(rows)
+
+
+def downstream_summary(down: pd.DataFrame, real: pd.DataFrame, score_method: str) -> pd.DataFrame:
+    """Per (source, target): mean native and transferred accuracy over seeds, the mean and SD
+    of their paired difference, whether the counts were the same, and the pair's allocation
+    regret and regret/bound under `score_method`'s scores (from notebook 05 §2's table)."""
+    wide = down.pivot_table(index=["source", "target", "seed"], columns="kind", values="accuracy").reset_index()
+    wide["diff"] = wide["transferred"] - wide["native"]
+    per_pair = (wide.groupby(["source", "target"])
+                .agg(native=("native", "mean"), transferred=("transferred", "mean"),
+                     mean_diff=("diff", "mean"), sd_diff=("diff", "std"), seeds=("diff", "size"))
+                .reset_index())
+    same = down.groupby(["source", "target"]).same_counts.first().reset_index()
+    per_pair = per_pair.merge(same, on=["source", "target"])
+    reg = real[(real.program == "allocate") & (real.method == score_method) & (real.error == "")]
+    return per_pair.merge(reg[["source", "target", "regret", "ratio"]], on=["source", "target"], how="left")
+
+
+def downstream_verdicts(per_pair: pd.DataFrame) -> list[str]:
+    """One verdict line per pair: the accuracy difference against 2 standard errors of the seeds."""
+    lines = []
+    for r in per_pair.itertuples():
+        se = r.sd_diff / np.sqrt(r.seeds) if r.seeds > 1 and np.isfinite(r.sd_diff) else float("nan")
+        if r.same_counts:
+            what = "identical expert counts: the transfer costs nothing here"
+        elif r.mean_diff == 0 and (not np.isfinite(se) or se == 0):
+            what = "the same accuracy in every seed (different counts, no measurable effect at this eval size)"
+        elif np.isfinite(se) and abs(r.mean_diff) > 2 * se:
+            what = (f"{'lower' if r.mean_diff < 0 else 'higher'} accuracy with the transferred allocation "
+                    f"(beyond 2 s.e. = {2 * se:.3f})")
+        else:
+            what = (f"difference within seed noise (2 s.e. = {2 * se:.3f})" if np.isfinite(se)
+                    else "one seed: no noise estimate")
+        lines.append(f"VERDICT {r.source} -> {r.target}: transferred - native accuracy {r.mean_diff:+.3f}; {what}.")
+    return lines
