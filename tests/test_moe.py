@@ -129,3 +129,42 @@ def test_layer_expert_costs_are_flops_per_expert():
     c = moe.layer_expert_costs(model, r=4, target_modules=("q_proj", "up_proj"))
     # q_proj 32->32, up_proj 32->64: r (d_in + d_out) each
     assert c == [4 * (32 + 32) + 4 * (32 + 64)] * 2
+
+
+def test_cached_cell_goes_through_the_one_cache(tmp_path, monkeypatch):
+    """One fine-tuning cell is one "finetune" cache entry: computed once, read back after, never
+    written by a non-main process of a launch (which does not evaluate)."""
+    from mdlcap.interventions import finetune as ft
+    from mdlcap.study import params
+
+    monkeypatch.setenv("MDLCAP_CACHE", str(tmp_path))
+    p = params.load("params/mistral-7b.yaml")          # hub id: resolving it builds nothing
+    calls = []
+
+    def fake_run_cell(base, tok, prm, task, **kw):
+        calls.append((task, kw["seed"]))
+        return {"task": task, "seed": kw["seed"], "accuracy": None if kw["accelerator"] else 0.5}
+
+    monkeypatch.setattr(ft, "run_cell", fake_run_cell)
+    a = ft.cached_cell(None, None, p, "cola", seed=0, counts=[1, 2])
+    assert a == {"task": "cola", "seed": 0, "accuracy": 0.5, "cached": False} and calls == [("cola", 0)]
+    b = ft.cached_cell(tmp_path / "old", None, None, p, "cola", seed=0, counts=[1, 2])   # old signature
+    assert b == {**a, "cached": True} and len(calls) == 1
+    entries = list((tmp_path / "finetune").glob("*.json"))
+    assert [e.name for e in entries] == [f"cola_{ft.cell_key(p, 'cola', 0, [1, 2])}.json"]
+    ft.cached_cell(None, None, p, "cola", seed=1, counts=[1, 2])
+    ft.cached_cell(None, None, p, "cola", seed=0, ranks=[1, 2])
+    assert len(calls) == 3 and len(list((tmp_path / "finetune").glob("*.json"))) == 3
+
+    class NonMain:
+        is_main_process = False
+        waits = 0
+
+        def wait_for_everyone(self):
+            NonMain.waits += 1
+
+    c = ft.cached_cell(None, None, p, "mrpc", seed=0, counts=[1, 2], accelerator=NonMain())
+    assert c["cached"] is False and len(calls) == 4 and not list((tmp_path / "finetune").glob("mrpc_*"))
+    d = ft.cached_cell(None, None, p, "cola", seed=0, counts=[1, 2], accelerator=NonMain())
+    assert d == b and len(calls) == 4                   # the main process's entry is read back
+    assert NonMain.waits == 2                           # every cell ends on a barrier

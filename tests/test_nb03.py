@@ -72,7 +72,10 @@ def test_nb03_allocation_smoke(smoke_scores):
             "MDL better", "LayerIF better", "no resolvable difference")
     # resumable: one cache record per distinct (task, counts, seed) trained, whichever method asked
     distinct = {(t, tuple(g.sort_values("layer")["experts"])) for (t, m), g in alloc.groupby(["task", "method"])}
-    assert len(list((out / "cache").glob("*.json"))) >= len(distinct) * len(A.seeds)
+    from mdlcap import cache
+    from mdlcap.interventions.finetune import cell_spec
+    assert all(cache.path("finetune", cell_spec(p, t, s, list(c)), prefix=f"{t}_").exists()
+               for t, c in distinct for s in A.seeds)
     if A.rank_experiment:
         ranks = pd.read_csv(out / "rank_allocations.csv")
         assert (ranks.groupby(["task", "method"])["rank"].sum() == A.lora_r * L).all()

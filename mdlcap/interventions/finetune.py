@@ -11,13 +11,18 @@ averaged by DDP, so all processes hold identical adapter weights after every ste
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mdlcap import cache
+from mdlcap.default.data import data_key
 from mdlcap.interventions.moe import moe_aux_loss
+from mdlcap.models import resolve_path
 
 
 class _Batches(Dataset):
@@ -167,53 +172,61 @@ def run_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None
             "train_seconds": round(t1 - t0, 3), "eval_seconds": round(time.time() - t1, 3)}
 
 
-def cell_key(params, task: str, seed: int, counts=None, ranks=None) -> str:
-    """Cache key of one cell: everything that changes its result (model, data, adapter shape,
-    training and evaluation settings), so equal allocations share one run."""
-    from dataclasses import asdict
-
-    from mdlcap import files as mio
-
+def cell_spec(params, task: str, seed: int, counts=None, ranks=None) -> dict:
+    """What changes one cell's result (model, data, adapter shape, training and evaluation
+    settings): the cell's spec in the "finetune" cache, so equal allocations share one run."""
     a = asdict(params.allocation)
     for k in ("methods", "rank_methods", "seeds", "tasks", "rank_experiment", "total_experts", "alpha", "beta",
               "gamma", "budget_scaling", "n_min", "layerif_exponent", "alphalora_exponent"):
         a.pop(k)                                         # they change the counts, not the run given counts
-    from mdlcap.default.data import data_key
-    from mdlcap.models import resolve_path
-
     # data_key, not just the params: it also follows the task generators' version, so cells
     # trained on data that a generator change replaced are not reused
-    return mio.cache_key({"model": asdict(params.model), "model_path": resolve_path(params, progress=False),
-                          "data": asdict(params.data), "data_key": data_key(params), "alloc": a, "task": task,
-                          "seed": int(seed), "counts": None if counts is None else [int(c) for c in counts],
-                          "ranks": None if ranks is None else [int(r) for r in ranks], "v": 1})
+    return {"model": asdict(params.model), "model_path": resolve_path(params, progress=False),
+            "data": asdict(params.data), "data_key": data_key(params), "alloc": a, "task": task,
+            "seed": int(seed), "counts": None if counts is None else [int(c) for c in counts],
+            "ranks": None if ranks is None else [int(r) for r in ranks]}
 
 
-def cached_cell(cache_dir, base_model, tokenizer, params, task: str, *, seed: int, counts=None, ranks=None,
-                accelerator=None, batches=None) -> dict:
-    """`run_cell` through a JSON cache file per cell (atomic write): an interrupted notebook resumes,
-    and a cell already computed by a multi-GPU launch (`python -m mdlcap.interventions.finetune`) is reused."""
-    from pathlib import Path
-
-    from mdlcap import files as mio
-
-    path = Path(cache_dir) / f"{task}_{cell_key(params, task, seed, counts, ranks)}.json"
-    if path.exists():
-        rec = mio.read_json(path)
-        rec["cached"] = True
-        return rec
-    rec = run_cell(base_model, tokenizer, params, task, seed=seed, counts=counts, ranks=ranks,
-                   accelerator=accelerator, batches=batches)
-    if accelerator is None or accelerator.is_main_process:
-        mio.atomic_write_json(path, rec)
-    rec["cached"] = False
-    return rec
+def cell_key(params, task: str, seed: int, counts=None, ranks=None) -> str:
+    """The cache key of one cell (`cell_spec` under the "finetune" namespace's code version)."""
+    return cache.key("finetune", cell_spec(params, task, seed, counts, ranks))
 
 
-# --------------------------------------------------------------------------- multi-GPU entry point
+def cached_cell(*args, seed: int, counts=None, ranks=None, accelerator=None, batches=None) -> dict:
+    """`run_cell(base_model, tokenizer, params, task, ...)` through the one cache
+    (`cache.cached("finetune", cell_spec(...))`): an interrupted notebook resumes, notebooks 03
+    and 05 share cells, and a cell already computed by a multi-GPU launch
+    (`python -m mdlcap.study.launch`) is reused. Adds "cached" (whether the record was read back).
+
+    Under a multi-process launch every process trains, only the main process (which alone
+    evaluates) writes the entry, and all wait for it before the next cell. A leading cache folder argument (the old signature
+    `cached_cell(cache_dir, base_model, ...)`) is accepted and ignored until its callers drop it."""
+    if args and isinstance(args[0], (str, os.PathLike)):
+        args = args[1:]
+    base_model, tokenizer, params, task = args
+    spec = cell_spec(params, task, seed, counts, ranks)
+    fresh: list[bool] = []
+
+    def compute() -> dict:
+        fresh.append(True)
+        return run_cell(base_model, tokenizer, params, task, seed=seed, counts=counts, ranks=ranks,
+                        accelerator=accelerator, batches=batches)
+
+    prefix = f"{task}_"
+    if accelerator is None or accelerator.is_main_process or cache.path("finetune", spec, prefix=prefix).exists():
+        rec = cache.cached("finetune", spec, compute, prefix=prefix)
+    else:
+        rec = compute()
+    if accelerator is not None:
+        # every process sees the main process's entry before the next cell checks for it
+        accelerator.wait_for_everyone()
+    return {**rec, "cached": not fresh}
+
+
+# --------------------------------------------------------------------------- allocations of one task
 def allocations_for(params, scores, n_layers: int, task: str, alphas=None) -> dict[str, list[int]]:
     """{method: expert counts} for every method of `allocation.methods` that `scores` supports
-    (`alphas`: per-layer PL-alpha of the base model, `allocation_baselines.layer_alphas`, for alphalora)."""
+    (`alphas`: per-layer PL-alpha of the base model, `mdlcap.interventions.allocation.layer_alphas`, for alphalora)."""
     from mdlcap.interventions.allocation import allocate
 
     a = params.allocation
@@ -224,60 +237,3 @@ def allocations_for(params, scores, n_layers: int, task: str, alphas=None) -> di
         if c is not None:
             out[m] = [int(x) for x in c]
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Fill notebook 03's cell cache from a launcher, e.g. on 4 GPUs (DDP, one model copy per GPU):
-
-        accelerate launch --num_processes 4 --mixed_precision bf16 -m mdlcap.interventions.finetune \\
-            params/mistral-7b.yaml [--tasks cola mrpc] [--methods mdl_layerif_pos layerif_pos] [--seeds 0]
-
-    Each (task, method, seed) cell is trained by all processes together (DDP through accelerate,
-    every process on its share of the batches) and evaluated on the main process; the record goes
-    to results/<run>/03_allocation/cache/, where the notebook then finds it."""
-    import argparse
-
-    from mdlcap.scores import table
-    from mdlcap import models
-    from mdlcap.models import decoder_layers
-    from mdlcap.study.params import load
-    from mdlcap.study.run import resolve_device
-
-    ap = argparse.ArgumentParser(prog="python -m mdlcap.interventions.finetune", description=main.__doc__.split("\n")[0])
-    ap.add_argument("params_path")
-    ap.add_argument("--tasks", nargs="*")
-    ap.add_argument("--methods", nargs="*")
-    ap.add_argument("--seeds", nargs="*", type=int)
-    ap.add_argument("--results", default=None, help="results root (default: <project>/results)")
-    args = ap.parse_args(argv)
-    params = load(args.params_path)
-    from mdlcap import files as mio
-    from pathlib import Path
-
-    root = Path(args.results) if args.results else mio.project_root() / "results"
-    run_root = root / params.run.name
-    cache = run_root / "03_allocation" / "cache"
-    accelerator = make_accelerator(resolve_device(params),
-                                   mixed_precision="bf16" if params.model.dtype == "bfloat16" else "no")
-    model, tok = models.load(params, device=str(accelerator.device))
-    scores = table.load_scores(run_root)
-    L = len(decoder_layers(model))
-    from mdlcap.interventions.allocation import layer_alphas
-
-    alphas = layer_alphas(model) if "alphalora" in params.allocation.methods else None
-    for task in args.tasks or params.allocation.tasks or params.data.finetune_tasks:
-        allocs = allocations_for(params, scores, L, task, alphas=alphas)
-        batches = task_train_batches(params, tok, task)
-        for method in args.methods or list(allocs):
-            if method not in allocs:
-                raise SystemExit(f"--methods: '{method}' has no allocation for task '{task}' (scores missing?)")
-            for seed in args.seeds if args.seeds is not None else params.allocation.seeds:
-                rec = cached_cell(cache, model, tok, params, task, seed=seed, counts=allocs[method],
-                                  accelerator=accelerator, batches=batches)
-                if accelerator.is_main_process:
-                    print(f"{task} {method} seed {seed}: accuracy {rec['accuracy']:.4f}"
-                          f"{' (cached)' if rec['cached'] else ''}", flush=True)
-
-
-if __name__ == "__main__":
-    main()

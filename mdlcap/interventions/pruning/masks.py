@@ -9,6 +9,7 @@ import torch
 
 
 def check_ratio(ratio: float, name: str = "ratio") -> float:
+    """A pruning ratio as a float in [0, 1] (ValueError naming `name` otherwise)."""
     ratio = float(ratio)
     if not (0.0 <= ratio <= 1.0) or math.isnan(ratio):
         raise ValueError(f"{name}: must lie in [0, 1], got {ratio}")
@@ -16,6 +17,7 @@ def check_ratio(ratio: float, name: str = "ratio") -> float:
 
 
 def check_nm(nm) -> tuple[int, int] | None:
+    """An n:m pattern as (n, m) with 0 <= n <= m, m >= 1; None stays None (unstructured)."""
     if nm is None:
         return None
     n, m = (int(v) for v in nm)
