@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from mdlcap.interventions.precision import caq as P
+from mdlcap.interventions.precision import quantize as Q
+from mdlcap.interventions.precision import stats as ST
 from mdlcap.interventions.precision import data as D
 from mdlcap.interventions.precision import solve as S
 
@@ -153,9 +154,9 @@ def test_fake_quantize_idempotent_and_half_step(bits):
     t = torch.randn(200, generator=torch.Generator().manual_seed(bits)) * 3
     qmax = 2 ** (bits - 1) - 1
     s = float(t.abs().max()) / qmax
-    q = P.fake_quantize(t, bits, scale=s)
-    assert torch.equal(P.fake_quantize(q, bits, scale=s), q)              # exact with a fixed scale
-    torch.testing.assert_close(P.fake_quantize(q, bits), q, rtol=1e-6, atol=1e-6)   # auto scale
+    q = Q.fake_quantize(t, bits, scale=s)
+    assert torch.equal(Q.fake_quantize(q, bits, scale=s), q)              # exact with a fixed scale
+    torch.testing.assert_close(Q.fake_quantize(q, bits), q, rtol=1e-6, atol=1e-6)   # auto scale
     assert float((q - t).abs().max()) <= s / 2 * (1 + 1e-5)
     assert len(torch.unique(q)) <= 2 * qmax + 1
     assert q.dtype == torch.float32
@@ -163,37 +164,37 @@ def test_fake_quantize_idempotent_and_half_step(bits):
 
 def test_fake_quantize_32_bits_is_identity_and_clamps():
     t = torch.randn(1000, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(P.fake_quantize(t, 32), t, rtol=1e-6, atol=1e-7)
-    q = P.fake_quantize(torch.tensor([10.0, -10.0, 0.3]), 4, scale=0.1)   # range ±0.7
+    torch.testing.assert_close(Q.fake_quantize(t, 32), t, rtol=1e-6, atol=1e-7)
+    q = Q.fake_quantize(torch.tensor([10.0, -10.0, 0.3]), 4, scale=0.1)   # range ±0.7
     assert q.tolist() == pytest.approx([0.7, -0.7, 0.3])
     x = torch.tensor([[1.0, 0.3], [100.0, 30.0]])
-    q = P.fake_quantize(x, 8, per_sample=True)                              # each row its own scale
+    q = Q.fake_quantize(x, 8, per_sample=True)                              # each row its own scale
     assert torch.all((q - x).abs() <= x.abs().amax(1, keepdim=True) / 127 / 2 * (1 + 1e-5))
     torch.testing.assert_close(q[1] / 100, q[0], rtol=1e-6, atol=0)        # scale-equivariant per row
-    assert torch.equal(P.fake_quantize(torch.zeros(3), 4), torch.zeros(3))
+    assert torch.equal(Q.fake_quantize(torch.zeros(3), 4), torch.zeros(3))
     with pytest.raises(ValueError, match="bits"):
-        P.fake_quantize(t, 1)
+        Q.fake_quantize(t, 1)
 
 
 # --------------------------------------------------------------------------- estimators
 def test_kappa_against_dense_hessian():
     torch.manual_seed(0)
-    stage = P.Stage(nn.Linear(5, 4), nn.Tanh())
+    stage = Q.Stage(nn.Linear(5, 4), nn.Tanh())
     x = torch.randn(3, 5)
     Hs = [torch.autograd.functional.hessian(lambda z: stage(z[None]).pow(2).sum(), x[n]) for n in range(3)]
     fro2 = np.mean([float(H.pow(2).sum()) / 5 for H in Hs])          # E‖Hv‖²/‖v‖² = ‖H‖_F²/d
     op = max(float(torch.linalg.matrix_norm(H, ord=2)) for H in Hs)
-    k = P.kappa(stage, x, n_probes=3000, batch_size=3, n_batches=1, power_iters=200)
+    k = ST.kappa(stage, x, n_probes=3000, batch_size=3, n_batches=1, power_iters=200)
     assert k["kappa_rms"] ** 2 == pytest.approx(fro2, rel=0.05)
     assert k["kappa_op"] == pytest.approx(op, rel=1e-3)
     assert k["kappa"] <= k["kappa_rms"] * (1 + 1e-9)                 # mean ≤ RMS
     # ReLU layer: the Hessian of ‖relu(Wx+b)‖² is exactly 2 Wᵀ D W
-    relu = P.Stage(nn.Linear(5, 6), nn.ReLU())
+    relu = Q.Stage(nn.Linear(5, 6), nn.ReLU())
     xr = torch.randn(1, 5)
     W = relu.op.weight.detach()
     Dm = torch.diag(((xr @ W.T + relu.op.bias.detach()) > 0).float()[0])
     H = 2 * W.T @ Dm @ W
-    k = P.kappa(relu, xr, n_probes=3000, batch_size=1, n_batches=1, power_iters=200)
+    k = ST.kappa(relu, xr, n_probes=3000, batch_size=1, n_batches=1, power_iters=200)
     assert k["kappa_op"] == pytest.approx(float(torch.linalg.matrix_norm(H, ord=2)), rel=1e-3)
     assert k["kappa_rms"] ** 2 == pytest.approx(float(H.pow(2).sum()) / 5, rel=0.05)
 
@@ -201,28 +202,28 @@ def test_kappa_against_dense_hessian():
 def test_power_iteration_matches_matrix_norm():
     torch.manual_seed(1)
     lin = nn.Linear(30, 20)
-    assert P.spectral_norm(lin, (30,), n_iter=300) == pytest.approx(
+    assert ST.spectral_norm(lin, (30,), n_iter=300) == pytest.approx(
         float(torch.linalg.matrix_norm(lin.weight.detach(), ord=2)), rel=1e-4)
     conv = nn.Conv2d(2, 3, 3, padding=1)
     shape = (2, 5, 5)
     J = torch.autograd.functional.jacobian(
         lambda z: nn.functional.conv2d(z.view(1, *shape), conv.weight.detach(), None, 1, 1).flatten(), torch.zeros(50))
-    assert P.spectral_norm(conv, shape, n_iter=300) == pytest.approx(float(torch.linalg.matrix_norm(J, ord=2)), rel=1e-4)
+    assert ST.spectral_norm(conv, shape, n_iter=300) == pytest.approx(float(torch.linalg.matrix_norm(J, ord=2)), rel=1e-4)
     # the local (Jacobian) Lipschitz estimate of a ReLU stage never exceeds the weight bound
-    st = P.Stage(lin, nn.ReLU())
-    assert P.local_lipschitz(st, torch.randn(8, 30), n_iter=100) <= P.spectral_norm(lin, (30,), n_iter=300) * (1 + 1e-4)
+    st = Q.Stage(lin, nn.ReLU())
+    assert ST.local_lipschitz(st, torch.randn(8, 30), n_iter=100) <= ST.spectral_norm(lin, (30,), n_iter=300) * (1 + 1e-4)
 
 
 def test_models_shapes_and_quantised_forward():
-    for name in P.MODELS:
-        m = P.build_model(name, (1, 8, 8), 10)
+    for name in Q.MODELS:
+        m = Q.build_model(name, (1, 8, 8), 10)
         x = torch.rand(4, 1, 8, 8)
         assert m(x).shape == (4, 10)
         bits = [8] * len(m.stages)
         assert m(x, bits=bits).shape == (4, 10)
         torch.testing.assert_close(m(x, bits=[32] * len(m.stages)), m(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="model"):
-        P.build_model("resnet", (1, 8, 8), 10)
+        Q.build_model("resnet", (1, 8, 8), 10)
 
 
 # --------------------------------------------------------------------------- data loaders

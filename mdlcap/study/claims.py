@@ -124,7 +124,7 @@ CLAIMS += [
 
 # --------------------------------------------------------------------------- notebook 06
 def _caq_saving(r: Path) -> ClaimResult:
-    from mdlcap.interventions.precision.analysis import verdict
+    from mdlcap.study.precision import verdict
     v = verdict(_csv(r, "06_precision_allocation", "memory_saving"))
     m = v["saving_vs_uniform_mean"]
     ok = "NOT" not in v["verdict"] and "cannot" not in v["verdict"]

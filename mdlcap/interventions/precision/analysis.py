@@ -1,4 +1,5 @@
-"""Tables, figures and the verdict of notebook 06, computed from `precision.run_study` outputs.
+"""Tables and figures of notebook 06, computed from `mdlcap.study.precision.run_study` outputs
+(the verdict, which reads the proposal's numbers, is `mdlcap.study.precision.verdict`).
 
 Every function takes the long tables (`alloc`, `stats`, `floor`, `contrib`, concatenated over
 models and seeds) and returns a DataFrame or a matplotlib figure; nothing here is typed in.
@@ -8,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-METHODS = ["uniform", "uniform_int", "caq_exact", "caq_relaxed", "caq_exact_nofloor",
-           "grad_norm", "hawq_trace", "random_best", "mdl"]
 MAIN = ["uniform", "caq_exact", "caq_relaxed", "grad_norm", "hawq_trace", "random_best", "mdl"]
-CLAIM = (0.15, 0.25)        # proposal §4.4 (1): 15-25 % memory reduction over uniform
+STAT_COLUMNS = ["kappa", "kappa_rms", "kappa_op", "lipschitz", "lipschitz_local", "diam", "flops", "params",
+                "grad_norm2", "hess_trace"]
 
 
 def bits_matrix(alloc: pd.DataFrame) -> list[list[int]]:
@@ -145,23 +145,32 @@ def kappa_bits_correlation(kb: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def verdict(saving: pd.DataFrame, drop: float = 1.0, method: str = "caq_exact") -> dict:
-    """Does the proposal's 15-25 % memory saving over uniform at equal accuracy show up?"""
-    d = saving[(saving.method == method) & (saving.drop_pts == drop)]
-    mean_u = float(d["saving_vs_uniform"].mean())
-    mean_ui = float(d["saving_vs_uniform_int"].mean())
-    if not np.isfinite(mean_u):
-        word = "cannot be judged (no method reached the accuracy target)"
-    elif mean_u < CLAIM[0]:
-        word = "does NOT show up (below 15 %)"
-    elif mean_u <= CLAIM[1]:
-        word = "shows up (inside 15-25 %)"
-    else:
-        word = "shows up and exceeds 25 %"
-    return {"method": method, "drop_pts": drop, "saving_vs_uniform_mean": mean_u,
-            "saving_vs_uniform_int_mean": mean_ui,
-            "per_model": {r.model: round(float(r.saving_vs_uniform), 4) for r in d.itertuples()},
-            "verdict": word}
+def layer_stats_mean(stats: pd.DataFrame, cols=STAT_COLUMNS) -> pd.DataFrame:
+    """Layer statistics averaged over seeds, indexed by (model, layer)."""
+    return stats.groupby(["model", "layer"])[list(cols)].mean()
+
+
+def waterfall(contrib: pd.DataFrame, model: str, seed: int) -> tuple[float, pd.DataFrame]:
+    """The error contributions of one CAQ allocation of (model, seed) for the waterfall figure:
+    the middle ε_rel among those whose allocation is not uniform (the middle ε_rel of all when
+    every one is uniform). Returns (ε_rel, its rows)."""
+    c = contrib[(contrib.model == model) & (contrib.seed == seed)]
+    nonuni = [r for r, g in c.groupby("eps_rel") if g["bits"].nunique() > 1]
+    r_pick = nonuni[len(nonuni) // 2] if nonuni else sorted(c["eps_rel"].unique())[len(c["eps_rel"].unique()) // 2]
+    return r_pick, c[c.eps_rel == r_pick]
+
+
+def relaxation_vs_exact(alloc: pd.DataFrame) -> pd.DataFrame:
+    """Extra bit-operations of relax-and-round over the exact optimum at the same (model, seed, ε),
+    per model (≥ 0 by exactness; a negative min_excess would be a solver bug)."""
+    ex = alloc[alloc.method == "caq_exact"][["model", "seed", "knob", "bitops"]]
+    rl = alloc[alloc.method == "caq_relaxed"][["model", "seed", "knob", "bitops"]]
+    j = rl.merge(ex, on=["model", "seed", "knob"], suffixes=("", "_exact"))
+    j["excess_bitops"] = j["bitops"] / j["bitops_exact"] - 1
+    return j.groupby("model").agg(n=("excess_bitops", "size"), excess_mean=("excess_bitops", "mean"),
+                                  excess_max=("excess_bitops", "max"),
+                                  worse_frac=("excess_bitops", lambda e: float(np.mean(e > 1e-12))),
+                                  min_excess=("excess_bitops", "min")).reset_index()
 
 
 # --------------------------------------------------------------------------- figures
