@@ -72,3 +72,65 @@ def test_run_writes_manifest(tmp_path):
     top = json.loads((tmp_path / "smoke" / "manifest.json").read_text())
     assert "99_check" in top["notebooks"]
     assert (tmp_path / "smoke" / "99_check" / "t.csv").read_text().startswith("a\n1\n2")
+
+
+def test_method_names_come_from_the_registries(tmp_path):
+    from mdlcap.interventions import allocation, pruning
+    from mdlcap.scores import registry
+    names = P.registries()
+    assert names["scoring"] == tuple(registry.SCORE_METHODS)
+    assert names["pruners"] == tuple(pruning.PRUNERS) and names["ratios"] == tuple(pruning.RATIO_METHODS)
+    assert names["allocation"] == tuple(allocation.METHODS)
+    d = P.Params()
+    assert d.scoring.methods == list(registry.SCORE_METHODS) and d.pruning.pruners == list(pruning.PRUNERS)
+    f = tmp_path / "bad.yaml"
+    for text, key in (("scoring:\n  methods: [cg_ggn, hutchinson]\n", "scoring.methods"),
+                      ("pruning:\n  pruners: [wanda, obs]\n", "pruning.pruners"),
+                      ("pruning:\n  table_methods: [uniform, alpha]\n", "pruning.table_methods"),
+                      ("pruning:\n  score_methods: [nope]\n", "pruning.score_methods"),
+                      ("transfer:\n  methods: [nope]\n", "transfer.methods"),
+                      ("transfer:\n  downstream_method: mdl_nope\n", "transfer.downstream_method"),
+                      ("allocation:\n  methods: [uniform, mdl_nope]\n", "allocation.methods")):
+        f.write_text(text)
+        with pytest.raises(P.ParamsError, match=rf"'{key}'"):
+            P.load(f)
+
+
+def test_run_threads(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("run:\n  threads: 0\n")
+    with pytest.raises(P.ParamsError, match=r"'run.threads' must be >= 1"):
+        P.load(f)
+    assert P.Params().run.threads == 1
+    f.write_text("launch:\n  num_processes: 1\n")
+    with pytest.raises(P.ParamsError, match=r"unknown key 'launch'"):
+        P.load(f)
+
+
+def test_start_pins_threads_and_manifest_records_determinism_and_inputs(tmp_path):
+    import json
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    from threadpoolctl import threadpool_info
+    from mdlcap.study import run as R
+    before = torch.get_num_threads()
+    try:
+        r = R.start(ROOT / "params/smoke.yaml", "03_allocation", results_root=tmp_path)
+        assert torch.get_num_threads() == 1
+        assert all(i["num_threads"] == 1 for i in threadpool_info())
+        fig, ax = plt.subplots()
+        ax.plot([0, 1])
+        r.save_figure(fig, "f")
+        assert not plt.fignum_exists(fig.number)        # shown (in a kernel) and closed
+        man = json.loads(r.finish().read_text())
+    finally:
+        torch.set_num_threads(before)
+    det = man["determinism"]
+    assert det["threads"] == 1 and det["torch_threads"] == 1 and det["seed"] == 0
+    assert det["env"]["OMP_NUM_THREADS"] == "1"
+    inp = man["inputs"]
+    assert inp["notebook"] and inp["params"] and "mdlcap/study/run.py" in inp["sources"]
+    assert set(inp["upstream"]) == {"00_prepare", "02_curvature_scores"}
+    assert "f.png" in man["outputs"]

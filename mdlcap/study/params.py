@@ -84,8 +84,7 @@ class DataParams:
 @dataclass
 class ScoringParams:
     """Notebook 02: layer gains ζ² (mdlcap.scores.registry) and LayerIF (mdlcap.scores.influence)."""
-    methods: list[str] = field(default_factory=lambda: [
-        "cg_ggn", "cg_hessian", "diag_fisher", "kfac", "ekfac", "grad_norm", "layerif_all", "layerif_pos"])
+    methods: list[str] = field(default_factory=lambda: list(registries()["scoring"]))   # every estimator
     damping: float = 1e-3                # λ in H_kk + λI (Eq 7)
     cg_max_iter: int = 50
     cg_tol: float = 1e-6
@@ -144,16 +143,16 @@ class PruningParams:
     lam: float = 2.0
     gamma: float = 1.0
     rho_max: float = 0.51
-    pruners: list[str] = field(default_factory=lambda: ["magnitude", "wanda", "sparsegpt"])
+    pruners: list[str] = field(default_factory=lambda: list(registries()["pruners"]))
     sweep: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
     layerif_epsilon: float = 0.1
     score_methods: list[str] = field(default_factory=lambda: ["layerif_all", "layerif_pos", "cg_ggn"])
     score_tasks: list[str] = field(default_factory=list)   # [] = every task in scores.csv (ratios, figure)
     table_score_tasks: list[str] = field(default_factory=list)  # score sources evaluated in the table ([] = all)
-    table_methods: list[str] = field(default_factory=lambda: ["uniform", "owl", "layerif", "mdl", "mdl_eq", "mdl_eq_free"])
-    sweep_methods: list[str] = field(default_factory=lambda: ["uniform", "owl", "layerif", "mdl", "mdl_eq", "mdl_eq_free"])
+    table_methods: list[str] = field(default_factory=lambda: list(registries()["ratios"]))
+    sweep_methods: list[str] = field(default_factory=lambda: list(registries()["ratios"]))
     sweep_pruner: str = "wanda"
-    nm_pruners: list[str] = field(default_factory=lambda: ["magnitude", "wanda", "sparsegpt"])  # 2:4 rows
+    nm_pruners: list[str] = field(default_factory=lambda: list(registries()["pruners"]))  # 2:4 rows
     owl_m: float = 5.0
     owl_lambda: float = 0.08
     sparsegpt_damp: float = 0.01
@@ -221,6 +220,17 @@ class Params:
     @property
     def uses_default_model(self) -> bool:
         return self.model.name_or_path == "default"
+
+
+# --------------------------------------------------------------------------- method names
+def registries() -> dict[str, tuple[str, ...]]:
+    """The method names a params file may use, read from their registries (imported on call:
+    they load torch). One source per list: a method added to a registry is valid here."""
+    from mdlcap.interventions.allocation import METHODS as ALLOCATION_METHODS
+    from mdlcap.interventions.pruning import PRUNERS, RATIO_METHODS
+    from mdlcap.scores.registry import SCORE_METHODS
+    return {"scoring": tuple(SCORE_METHODS), "pruners": tuple(PRUNERS), "ratios": tuple(RATIO_METHODS),
+            "allocation": tuple(ALLOCATION_METHODS)}
 
 
 # --------------------------------------------------------------------------- loader
@@ -326,12 +336,13 @@ def _check_values(p: Params, src: str) -> None:
     need(0.0 < p.pruning.rho_max <= 1.0, "pruning.rho_max", "must lie in (0, 1]")
     need(p.pruning.target <= p.pruning.rho_max, "pruning.target", "must not exceed pruning.rho_max (infeasible)")
     pr = p.pruning
-    known = ("magnitude", "wanda", "sparsegpt")
+    names = registries()
+    known = names["pruners"]
     need(bool(pr.pruners) and all(x in known for x in pr.pruners), "pruning.pruners", f"must be a non-empty subset of {list(known)}")
     need(all(x in known for x in pr.nm_pruners), "pruning.nm_pruners", f"must be a subset of {list(known)}")
     need(pr.sweep_pruner in known, "pruning.sweep_pruner", f"must be one of {list(known)}")
     need(all(0.0 < x < 1.0 for x in pr.sweep), "pruning.sweep", "values must lie in (0, 1)")
-    ratio_methods = ("uniform", "owl", "layerif", "mdl", "mdl_eq", "mdl_eq_free")
+    ratio_methods = names["ratios"]
     for key in ("table_methods", "sweep_methods"):
         need(all(x in ratio_methods for x in getattr(pr, key)), f"pruning.{key}", f"must be a subset of {list(ratio_methods)}")
     need(0.0 <= pr.layerif_epsilon < 1.0, "pruning.layerif_epsilon", "must lie in [0, 1)")
@@ -340,7 +351,9 @@ def _check_values(p: Params, src: str) -> None:
     need(pr.eval_limit is None or pr.eval_limit > 0, "pruning.eval_limit", "must be > 0 or null")
     need(pr.calibration_sequences is None or pr.calibration_sequences > 0, "pruning.calibration_sequences", "must be > 0 or null")
     need(p.scoring.damping > 0, "scoring.damping", "must be > 0")
-    _score_methods = ("cg_ggn", "cg_hessian", "diag_fisher", "kfac", "ekfac", "grad_norm", "layerif_all", "layerif_pos")
+    _score_methods = names["scoring"]
+    for key, listed in (("pruning.score_methods", pr.score_methods), ("transfer.methods", p.transfer.methods)):
+        need(all(m in _score_methods for m in listed), key, f"must be a subset of {list(_score_methods)}")
     need(all(m in _score_methods for m in p.scoring.methods) and len(p.scoring.methods) > 0, "scoring.methods",
          f"must be a non-empty subset of {list(_score_methods)}")
     for key in ("cg_max_iter", "cg_batches", "n_batches", "batch_size", "layerif_train", "layerif_val",
@@ -361,9 +374,7 @@ def _check_values(p: Params, src: str) -> None:
     need(len(p.allocation.seeds) >= 1, "allocation.seeds", "must list at least one seed")
     need(p.allocation.budget_scaling > 0, "allocation.budget_scaling", "must be > 0")
     need(len(p.allocation.target_modules) >= 1, "allocation.target_modules", "must name at least one projection")
-    _alloc_methods = ("uniform", "mola", "alphalora", "layerif_all", "layerif_pos", "mdl_layerif_all",
-                      "mdl_layerif_pos", "mdl_cg_ggn", "mdl_cg_hessian", "mdl_diag_fisher", "mdl_kfac",
-                      "mdl_ekfac", "mdl_grad_norm")
+    _alloc_methods = names["allocation"]
     need(p.allocation.tasks is None or (len(p.allocation.tasks) >= 1 and set(p.allocation.tasks) <= set(p.data.finetune_tasks)),
          "allocation.tasks", "must be null or a non-empty subset of data.finetune_tasks")
     for _m in p.allocation.methods + p.allocation.rank_methods:
@@ -384,7 +395,8 @@ def _check_values(p: Params, src: str) -> None:
     need(p.transfer.n_sweep >= 1, "transfer.n_sweep", "must be >= 1")
     need(p.transfer.adversarial_steps >= 1, "transfer.adversarial_steps", "must be >= 1")
     need(p.transfer.downstream_pairs >= 0, "transfer.downstream_pairs", "must be >= 0")
-    need(p.transfer.downstream_method.startswith("mdl_"), "transfer.downstream_method",
+    need(p.transfer.downstream_method.startswith("mdl_") and p.transfer.downstream_method in _alloc_methods,
+         "transfer.downstream_method",
          "must be an Algorithm-1 allocation method 'mdl_<score method>' (e.g. mdl_cg_ggn)")
     need(len(p.transfer.deltas) >= 2 and all(d > 0 for d in p.transfer.deltas), "transfer.deltas",
          "must hold at least two values > 0")
