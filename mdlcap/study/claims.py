@@ -84,14 +84,10 @@ def _closed_forms(r: Path) -> ClaimResult:
 
 
 def _solver_speed(r: Path) -> ClaimResult:
-    s = _json(r, "01_derivations", "summary")
-    import re
-    big = max(int(m.group(1)) for k in s if (m := re.fullmatch(r"allocate_bisection_K(\d+)_s", k)))
-    t6 = max(s[f"allocate_bisection_K{big}_s"], s[f"prune_bisection_K{big}_s"])
-    e6 = max(s[f"allocate_exact_K{big}_s"], s[f"prune_exact_K{big}_s"])
-    us = max(s["allocate_bisection_K32_median_us"], s["prune_bisection_K32_median_us"])
-    us_exact = max(s["allocate_exact_K32_median_us"], s["prune_exact_K32_median_us"])
-    sp = min(s["allocate_exact_speedup_K32"], s["prune_exact_speedup_K32"])
+    from mdlcap.study.solver_speed import speed_numbers
+    n = speed_numbers(_csv(r, "01_derivations", "speed"))     # rows program / K / method / median_s
+    big, t6, e6 = n["largest_K"], n["bisection_largest_K_s"], n["exact_largest_K_s"]
+    us, us_exact, sp = n["bisection_K32_us"], n["exact_K32_us"], n["exact_speedup_K32"]
     return ClaimResult(f"K=32: bisection ≤{us:.0f} µs, exact ≤{us_exact:.1f} µs (≥{sp:.0f}× faster than cvxpy); "
                        f"K={big:.0e}: bisection {t6:.2f} s, exact {e6:.2f} s",
                        "numpy (bisection), numba (exact) on this machine's CPU",
