@@ -16,7 +16,8 @@ from conftest import run_notebook
 def test_nb03_allocation_smoke(smoke_scores):
     import mdlcap.study.params as P
     from mdlcap.interventions import allocation as ab
-    from mdlcap.scores.curvature import load_scores
+    from mdlcap.scores.table import load_scores
+    from mdlcap.study.allocation import POOLS
 
     out = run_notebook("03_allocation")
     p = P.load("params/smoke.yaml")
@@ -48,7 +49,7 @@ def test_nb03_allocation_smoke(smoke_scores):
     # the paper-format table: tasks + Average rows, LayerIF/MDL per pool, values match results.csv
     table = pd.read_csv(out / "table_paper_format.csv", header=[0, 1], index_col=0)
     assert list(table.index) == tasks + ["Average"]
-    for pool, (lif, mdl_m) in ab.POOLS.items():
+    for pool, (lif, mdl_m) in POOLS.items():
         if lif not in methods or mdl_m not in methods:
             continue
         for label, m in (("LayerIF", lif), ("MDL", mdl_m)):

@@ -5,7 +5,10 @@ exactly the same integer budget `total` over the decoder layers.
     mola_pyramid(L, total)            MoLA's fixed "triangle": 2/4/6/8 per quarter, scaled to total
     layerif(scores, total, exponent)  LayerIF's heuristic on influence scores (its public code)
     alphalora(model, total, exponent) AlphaLoRA: heavy-tail PL-alpha (Hill) of each layer's weights
-    mdl(q, total, ...)                Algorithm 1 (`mdlcap.theory.programs.allocate_integer`)
+    mdl(q, total, ...)                Algorithm 1 (METHOD.md §2; `mdlcap.theory.programs.allocate_integer`)
+
+`METHODS` is the one list of these names (`allocate` dispatches on it). The paper's Tables 4-5
+are `mdlcap.study.paper`; notebook 03's result tables and verdict are `mdlcap.study.allocation`.
 
 How the paper's α, β, γ and budget scaling (its Table 3) enter our integer program
 ----------------------------------------------------------------------------------
@@ -34,7 +37,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mdlcap.scores.registry import SCORE_METHODS
+
 MOLA_PATTERN = (2, 4, 6, 8)
+BASELINES = ("uniform", "mola", "alphalora", "layerif_all", "layerif_pos")
+# The one list of allocation method names (`allocate` dispatches on them; params validate against
+# them): the baselines, then Algorithm 1 on the q of every scores.csv method ("mdl_<score method>").
+METHODS = BASELINES + tuple(f"mdl_{m}" for m in SCORE_METHODS)
 
 
 def _check_total(total: int, n_layers: int, n_min: int = 0) -> int:
@@ -259,10 +268,10 @@ def literal_unconstrained_total(q, *, alpha: float = 1.0, beta: float = 0.9, gam
     return float(np.maximum(0.0, beta * qv ** gamma / (alpha * budget_scaling) - 1.0).sum())
 
 
-# --------------------------------------------------------------------------- dispatch + paper
+# --------------------------------------------------------------------------- dispatch
 def score_vector(scores, task: str, method: str, column: str = "score") -> np.ndarray | None:
-    """Per-layer `column` of scores.csv (mdlcap.scores.curvature.load_scores) for (task, method), layer
-    order; None if that pair is absent."""
+    """Per-layer `column` of notebook 02's scores.csv (a frame with task, method, layer, score, q)
+    for (task, method), layer order; None if that pair is absent."""
     sel = scores[(scores["task"] == task) & (scores["method"] == method)].sort_values("layer")
     return None if sel.empty else sel[column].to_numpy(dtype=float)
 
@@ -275,6 +284,8 @@ def allocate(method: str, *, n_layers: int, total: int, params, scores=None, tas
     raw layer influence scores of scores.csv), mdl_<score method> (Algorithm 1 on that method's q,
     e.g. mdl_layerif_pos = the paper's MDL-with-LayerIF-scores, mdl_cg_ggn = ζ² by CG on the GGN).
     Returns None when the scores the method needs are absent from `scores`."""
+    if method not in METHODS:
+        raise ValueError(f"method: unknown allocation method '{method}'; allowed {list(METHODS)}")
     if method == "uniform":
         return uniform(n_layers, total)
     if method == "mola":
@@ -287,13 +298,11 @@ def allocate(method: str, *, n_layers: int, total: int, params, scores=None, tas
     if method in ("layerif_all", "layerif_pos"):
         s = score_vector(scores, task, method, "score")
         return None if s is None else layerif(layerif_raw_influence(s), total, exponent=params.layerif_exponent)
-    if method.startswith("mdl_"):
-        q = score_vector(scores, task, method[4:], "q")
-        if q is None:
-            return None
-        return mdl(q, total, alpha=params.alpha, beta=params.beta, gamma=params.gamma, n_min=params.n_min,
-                   budget_scaling=params.budget_scaling)
-    raise ValueError(f"method: unknown allocation method '{method}'")
+    q = score_vector(scores, task, method[4:], "q")          # mdl_<score method>
+    if q is None:
+        return None
+    return mdl(q, total, alpha=params.alpha, beta=params.beta, gamma=params.gamma, n_min=params.n_min,
+               budget_scaling=params.budget_scaling)
 
 
 def layerif_raw_influence(score) -> np.ndarray:
@@ -306,162 +315,3 @@ def layerif_raw_influence(score) -> np.ndarray:
 # heuristic takes the signed influence sums where larger (less negative) = fewer experts, so the
 # raw input is the negated score. (`layerif` only uses max(s) - s, so any constant offset is moot.)
 LAYERIF_SCORE_SIGN = -1.0
-
-
-# The paper's Tables 4 (Mistral-7B) and 5 (Gemma-7B): accuracy (%) after 5 epochs of LoRA-MoE
-# fine-tuning with LayerIF's or Algorithm 1's expert counts. Printed beside our runs, never mixed in.
-PAPER_TASKS = ("CoLA", "MRPC", "CommonsenseQA", "OpenBookQA", "ScienceQA")
-PAPER_TABLE4 = {   # Mistral-7B: (pool, method) -> accuracies in PAPER_TASKS order, then the average
-    ("All", "LayerIF"): (85.62, 83.59, 81.24, 85.20, 66.41, 80.41),
-    ("All", "MDL"): (87.44, 82.72, 80.43, 85.00, 79.77, 83.07),
-    ("+ve", "LayerIF"): (86.10, 82.84, 81.40, 85.80, 80.80, 83.39),
-    ("+ve", "MDL"): (85.90, 84.23, 80.18, 86.40, 83.59, 84.06),
-}
-PAPER_TABLE5 = {   # Gemma-7B, +ve pool only (All gave identical counts)
-    ("+ve", "LayerIF"): (87.15, 84.41, 82.64, 88.40, 94.69, 87.46),
-    ("+ve", "MDL"): (87.34, 84.99, 81.57, 88.80, 94.92, 87.52),
-}
-
-
-# --------------------------------------------------------------------------- result tables
-POOLS = {"All": ("layerif_all", "mdl_layerif_all"), "+ve": ("layerif_pos", "mdl_layerif_pos")}
-
-
-def per_seed_average(results, methods=None):
-    """Average accuracy over tasks for each (method, seed) from the long results frame
-    (columns task, method, seed, accuracy); only seeds where the method has every task."""
-    df = results if methods is None else results[results["method"].isin(methods)]
-    n_tasks = df["task"].nunique()
-    g = df.groupby(["method", "seed"])["accuracy"].agg(["mean", "count"]).reset_index()
-    return g[g["count"] == n_tasks].drop(columns="count").rename(columns={"mean": "accuracy"})
-
-
-def summary(results, tasks):
-    """mean, std (over seeds, ddof=1; NaN for one seed) and n per (task, method), in %, with an
-    'Average' task whose spread is that of the per-seed task averages."""
-    import pandas as pd
-
-    per = results.groupby(["task", "method"])["accuracy"].agg(["mean", "std", "count"]).reset_index()
-    avg = per_seed_average(results).groupby("method")["accuracy"].agg(["mean", "std", "count"]).reset_index()
-    avg.insert(0, "task", "Average")
-    out = pd.concat([per, avg], ignore_index=True)
-    out[["mean", "std"]] *= 100.0
-    order = {t: i for i, t in enumerate(list(tasks) + ["Average"])}
-    return out.sort_values(["task", "method"], key=lambda s: s.map(order) if s.name == "task" else s) \
-              .rename(columns={"count": "n_seeds"}).reset_index(drop=True)
-
-
-def paper_format_table(results, tasks):
-    """Table 4's layout on our runs: rows = tasks + Average, columns = (pool, LayerIF | MDL) with
-    'mean ± std' over seeds (accuracy in %). Pools without both methods are left out."""
-    import pandas as pd
-
-    s = summary(results, tasks)
-    cols = {}
-    for pool, (lif, mdl_m) in POOLS.items():
-        for label, m in (("LayerIF", lif), ("MDL", mdl_m)):
-            sel = s[s["method"] == m].set_index("task")
-            if sel.empty:
-                break
-            cols[(pool, label)] = [f"{sel.loc[t, 'mean']:.2f} ± {sel.loc[t, 'std']:.2f}"
-                                   if t in sel.index else "" for t in list(tasks) + ["Average"]]
-    df = pd.DataFrame(cols, index=list(tasks) + ["Average"])
-    df.index.name = "Dataset"
-    return df
-
-
-def paper_comparison(results, tasks, paper_order=None):
-    """Ours beside the paper: per pool and task, our LayerIF / MDL mean accuracy (%), the mean and
-    seed-std of the paired difference, then the paper's Mistral-7B (Table 4) and, for +ve, Gemma-7B
-    (Table 5) values and differences. Our tasks are matched to the paper's by their position in
-    `paper_order` (default `tasks`; the params' data.finetune_tasks: cola, mrpc, csqa, obqa, sciq
-    <-> CoLA, MRPC, CommonsenseQA, OpenBookQA, ScienceQA)."""
-    import pandas as pd
-
-    s = summary(results, tasks)
-    d = paired_differences(results)
-    names = list(tasks) + ["Average"]
-    order = list(paper_order) if paper_order is not None else list(tasks)
-    paper_idx = {t: (order.index(t) if t in order and order.index(t) < len(PAPER_TASKS) else None) for t in tasks}
-    paper_idx["Average"] = len(PAPER_TASKS)
-    rows = []
-    for pool, (lif, mdl_m) in POOLS.items():
-        a, b = s[s["method"] == lif].set_index("task"), s[s["method"] == mdl_m].set_index("task")
-        if a.empty or b.empty:
-            continue
-        for t in names:
-            pi = paper_idx[t]
-            dd = d[(d["pool"] == pool) & (d["task"] == t)]["diff"]
-            row = {"pool": pool, "task": t,
-                   "paper_task": (list(PAPER_TASKS) + ["Average"])[pi] if pi is not None else "",
-                   "ours_LayerIF": a["mean"].get(t, float("nan")), "ours_MDL": b["mean"].get(t, float("nan")),
-                   "ours_diff": float(dd.mean()) if len(dd) else float("nan"),
-                   "ours_diff_std": float(dd.std(ddof=1)) if len(dd) > 1 else float("nan")}
-            for model, table in (("mistral", PAPER_TABLE4), ("gemma", PAPER_TABLE5)):
-                lo, hi = table.get((pool, "LayerIF")), table.get((pool, "MDL"))
-                ok = lo is not None and pi is not None
-                row[f"{model}_LayerIF"] = lo[pi] if ok else float("nan")
-                row[f"{model}_MDL"] = hi[pi] if ok else float("nan")
-                row[f"{model}_diff"] = round(hi[pi] - lo[pi], 2) if ok else float("nan")
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def paired_differences(results):
-    """MDL - LayerIF accuracy (points) per pool, task and seed, plus an 'Average' task per seed."""
-    import pandas as pd
-
-    rows = []
-    for pool, (lif, mdl_m) in POOLS.items():
-        a = results[results["method"] == lif].set_index(["task", "seed"])["accuracy"]
-        b = results[results["method"] == mdl_m].set_index(["task", "seed"])["accuracy"]
-        both = a.index.intersection(b.index)
-        if len(both) == 0:
-            continue
-        d = ((b.loc[both] - a.loc[both]) * 100.0).rename("diff").reset_index()
-        d.insert(0, "pool", pool)
-        rows.append(d)
-        n_tasks = d["task"].nunique()
-        avg = d.groupby("seed")["diff"].agg(["mean", "count"]).reset_index()
-        avg = avg[avg["count"] == n_tasks]
-        rows.append(pd.DataFrame({"pool": pool, "task": "Average", "seed": avg["seed"], "diff": avg["mean"]}))
-    if not rows:
-        return pd.DataFrame(columns=["pool", "task", "seed", "diff"])
-    return pd.concat(rows, ignore_index=True)
-
-
-def verdict(results, *, z: float = 2.0) -> list[dict]:
-    """Per pool: does MDL beat LayerIF on the task average, and by how much relative to seed noise?
-
-    diff = mean over seeds of (MDL - LayerIF) task-averaged accuracy (points); se = its standard
-    error over seeds (paired by seed: same data order and adapter init for both methods); noise =
-    the seed-to-seed std of a single method's task average (mean of the two methods'). The call is
-    'MDL better' / 'LayerIF better' when |diff| > z se, else 'no resolvable difference'; with one
-    seed the noise is unknown and the call says so."""
-    import math
-
-    d = paired_differences(results)
-    per = per_seed_average(results)
-    out = []
-    for pool, (lif, mdl_m) in POOLS.items():
-        sel = d[(d["pool"] == pool) & (d["task"] == "Average")]["diff"]
-        if sel.empty:
-            continue
-        n = len(sel)
-        diff = float(sel.mean())
-        se = float(sel.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-        noise = float(per[per["method"].isin([lif, mdl_m])].groupby("method")["accuracy"].std(ddof=1).mean() * 100) \
-            if n > 1 else float("nan")
-        if n < 2:
-            call = "one seed only: seed noise unknown, no call"
-        elif abs(diff) > z * se and se > 0:
-            call = "MDL better" if diff > 0 else "LayerIF better"
-        elif se == 0 and diff != 0:
-            call = "MDL better" if diff > 0 else "LayerIF better"
-        else:
-            call = "no resolvable difference"
-        paper = PAPER_TABLE4[(pool, "MDL")][-1] - PAPER_TABLE4[(pool, "LayerIF")][-1]
-        out.append({"pool": pool, "n_seeds": n, "diff_points": diff, "se_points": se, "seed_noise_points": noise,
-                    "diff_over_noise": diff / noise if noise and not math.isnan(noise) else float("nan"),
-                    "call": call, "paper_mistral_diff_points": round(paper, 2)})
-    return out
