@@ -10,12 +10,9 @@ measured, and a verdict. Executed notebooks are rendered to HTML beside it with 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 

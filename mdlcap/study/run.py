@@ -192,9 +192,11 @@ def pin_threads(n: int) -> None:
     """Every thread pool a reported number can depend on runs `n` threads.
 
     Environment variables for the libraries not loaded yet, threadpoolctl for the BLAS/OpenMP pools
-    already loaded (numpy's OpenBLAS is), torch's intra-op count, numba's if it is loaded."""
+    already loaded (numpy's OpenBLAS is), torch's intra-op count, numba's if it is loaded (then its
+    variable stays as it is: numba refuses a changed NUMBA_NUM_THREADS once its pool runs)."""
     for var in THREAD_ENV:
-        os.environ[var] = str(n)
+        if not (var == "NUMBA_NUM_THREADS" and "numba" in sys.modules):
+            os.environ[var] = str(n)
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=n)          # not a context: the limits stay for the whole run
     import torch
