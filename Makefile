@@ -89,12 +89,17 @@ lab: $(STAMP)
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
+	@if test -L $(VENV); then \
+	  echo "$(VENV) links to another checkout's venv: not reinstalling into it (its editable install would move here)"; \
+	else $(MAKE) --no-print-directory venv-install && touch $(STAMP); fi
+
+.PHONY: venv-install
+venv-install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, exactly pinned: anything looser pulls a multi-GB CUDA build on a CPU machine
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
 
 clean:
 	rm -rf results/smoke results/bench .cache .pytest_cache .hypothesis
