@@ -5,7 +5,7 @@ exactly the same integer budget `total` over the decoder layers.
     mola_pyramid(L, total)            MoLA's fixed "triangle": 2/4/6/8 per quarter, scaled to total
     layerif(scores, total, exponent)  LayerIF's heuristic on influence scores (its public code)
     alphalora(model, total, exponent) AlphaLoRA: heavy-tail PL-alpha (Hill) of each layer's weights
-    mdl(q, total, ...)                Algorithm 1 (METHOD.md §2; `mdlcap.theory.programs.allocate_integer`)
+    mdl(q, total, ...)                Algorithm 1 (METHOD.md §2; `mdlcap.theory.allocation.allocate_integer`)
 
 `METHODS` is the one list of these names (`allocate` dispatches on it). The paper's Tables 4-5
 are `mdlcap.study.paper`; notebook 03's result tables and verdict are `mdlcap.study.allocation`.
@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mdlcap.scores.registry import SCORE_METHODS
+from mdlcap.theory.allocation import allocate_integer
 
 MOLA_PATTERN = (2, 4, 6, 8)
 BASELINES = ("uniform", "mola", "alphalora", "layerif_all", "layerif_pos")
@@ -234,10 +235,8 @@ def mdl(q, total: int, *, alpha: float = 1.0, beta: float = 0.9, gamma: float = 
         costs=None, budget_scaling: float = 0.0276) -> np.ndarray:
     """Algorithm 1 with the budget spent (Σ c_k n_k = B, see the module docstring): the exact integer
     optimum (equal costs) of Σ β q_k^γ log(1 + n_k) under the budget, through
-    `mdlcap.theory.programs.allocate_integer(..., spend_all=True)` (the linear price α Σ c n is the
+    `mdlcap.theory.allocation.allocate_integer(..., spend_all=True)` (the linear price α Σ c n is the
     constant α B once the whole budget is spent, so it does not move the counts)."""
-    from mdlcap.theory.programs import allocate_integer
-
     qv, total, c, budget = _mdl_inputs(q, total, costs, budget_scaling, n_min)
     res = allocate_integer(qv, c, budget, alpha=alpha, beta=beta, gamma=gamma, n_min=n_min, spend_all=True)
     counts = np.asarray(res.counts, dtype=int)
@@ -250,8 +249,6 @@ def mdl_literal(q, total: int, *, alpha: float = 1.0, beta: float = 0.9, gamma: 
                 budget_scaling: float = 0.0276, n_min: int = 1, costs=None) -> np.ndarray:
     """The literal inequality program (Eq 11) with the paper's constants: may spend less than
     `total` when the budget does not bind."""
-    from mdlcap.theory.programs import allocate_integer
-
     qv, total, c, budget = _mdl_inputs(q, total, costs, budget_scaling, n_min)
     res = allocate_integer(qv, c, budget, alpha=alpha, beta=beta, gamma=gamma, n_min=n_min)
     return np.asarray(res.counts, dtype=int)
