@@ -7,13 +7,11 @@ says what the difference means against seed noise.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from mdlcap import files, models
+from mdlcap import models
 from mdlcap.interventions import allocation as ab
 from mdlcap.interventions import finetune as ft
 
@@ -36,15 +34,14 @@ def downstream_pairs(real, tasks, n_pairs: int = 2, method: str = "cg_ggn") -> l
     return picked
 
 
-def downstream(params, scores, pairs, *, cache_dir, method: str = "mdl_cg_ggn", device: str = "cpu",
-               reuse=()):
+def downstream(params, scores, pairs, *, method: str = "mdl_cg_ggn", device: str = "cpu") -> pd.DataFrame:
     """Accuracy on the target task of LoRA-MoE fine-tuned with the target's own allocation
     ("native") and with the source's ("transferred"), per seed of params.allocation.
 
-    Allocations come from `allocation_baselines.allocate(method, ...)` (Algorithm 1 on the task's
-    scores), fine-tuning and lm-eval accuracy from `finetune.cached_cell` (notebook 03's cell:
-    same settings, results cached per allocation, so equal counts share one run). A cell already
-    in one of the `reuse` folders (e.g. notebook 03's cache, same cell key) is copied, not re-run."""
+    Allocations come from `mdlcap.interventions.allocation.allocate(method, ...)` (Algorithm 1 on
+    the task's scores), fine-tuning and lm-eval accuracy from `finetune.cached_cell` (notebook
+    03's cell: same settings, one cache entry per cell, so equal counts share one run and a cell
+    notebook 03 already trained is read back, `cached` True)."""
     A = params.allocation
     acc = ft.make_accelerator(device)
     base, tok = models.load(params, device=str(acc.device), progress=False)
@@ -60,12 +57,7 @@ def downstream(params, scores, pairs, *, cache_dir, method: str = "mdl_cg_ggn", 
         if t not in batches:
             batches[t] = ft.task_train_batches(params, tok, t)
         for kind, counts in (("native", native), ("transferred", moved)):
-            name = f"{t}_{ft.cell_key(params, t, seed, [int(c) for c in counts])}.json"
-            mine = Path(cache_dir) / name
-            for d in reuse:
-                if not mine.exists() and (Path(d) / name).exists():
-                    files.atomic_write_bytes(mine, (Path(d) / name).read_bytes())
-            rec = ft.cached_cell(cache_dir, base, tok, params, t, seed=seed, counts=[int(c) for c in counts],
+            rec = ft.cached_cell(base, tok, params, t, seed=seed, counts=[int(c) for c in counts],
                                  accelerator=acc, batches=batches[t])
             rows.append({"source": s, "target": t, "seed": int(seed), "kind": kind,
                          "accuracy": rec["accuracy"], "counts": " ".join(map(str, counts)),
