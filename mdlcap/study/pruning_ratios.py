@@ -13,7 +13,7 @@ import pandas as pd
 from mdlcap.interventions.pruning import (
     RATIO_METHODS, global_sparsity, layerif_ratios, mdl_ratios, owl_ratios, uniform_ratios)
 from mdlcap.study.paper import RHO_MAX_CLIP, THRESHOLDS
-from mdlcap.theory import programs
+from mdlcap.theory import pruning as program
 
 
 def select_scores(all_scores: pd.DataFrame, pp):
@@ -116,7 +116,7 @@ def mdl_degeneracy(scores: pd.DataFrame, sizes, pp, sizes_7b: dict[str, np.ndarr
                 qi = np.interp(np.linspace(0, 1, nl), np.linspace(0, 1, len(qv)), qv)
                 qs["our most uneven q, stretched"] = qi / qi.sum()
         for qname, q in qs.items():
-            res = programs.prune(q, np.full(nl, float(nk)), pp.target, bits=pp.bits, lam=pp.lam, gamma=pp.gamma,
+            res = program.prune(q, np.full(nl, float(nk)), pp.target, bits=pp.bits, lam=pp.lam, gamma=pp.gamma,
                                  rho_max=rmax)
             rho0 = pp.bits * nk / (2 * pp.lam * q.max() ** pp.gamma)   # smallest unconstrained ratio
             rows.append({"model": name, "q": qname, "N_k": nk, "rho_max": rmax, "min_rho_k(nu=0)": rho0,

@@ -23,7 +23,7 @@ ratios applied under magnitude, Wanda and SparseGPT). One concept per module:
 
 * **Ratio methods** turn per-layer scores into ratios with the same parameter-weighted global
   target s: uniform; OWL (Yin et al. 2024); the LayerIF/AlphaPruning min–max mapping; MDL
-  (Algorithm 2 through `mdlcap.theory.programs.prune`).
+  (Algorithm 2 through `mdlcap.theory.pruning.prune`).
 
 Why not a library: llm-compressor (vLLM project) has SparseGPT/Wanda modifiers and an OWL
 profile, but it pins its own transformers/torch/compressed-tensors ranges (our stack is

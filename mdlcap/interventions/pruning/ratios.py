@@ -1,7 +1,7 @@
 """Ratio methods: per-layer scores turned into per-layer pruning ratios with the same
 parameter-weighted global target s — uniform; OWL (Yin et al. 2024) with its layer outlier
 ratios; the LayerIF/AlphaPruning min–max mapping; MDL (Algorithm 2, Eq 14–15, through
-`mdlcap.theory.programs.prune`)."""
+`mdlcap.theory.pruning.prune`)."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -13,7 +13,7 @@ from torch import nn
 from mdlcap.interventions.pruning.calibration import layerwise
 from mdlcap.interventions.pruning.layers import global_sparsity, prunable_linears
 from mdlcap.interventions.pruning.masks import wanda_metric
-from mdlcap.theory import programs
+from mdlcap.theory import pruning as program
 
 RATIO_METHODS = ("uniform", "owl", "layerif", "mdl", "mdl_eq", "mdl_eq_free")
 
@@ -86,12 +86,12 @@ def layerif_ratios(q, sizes, target: float, epsilon: float = 0.1) -> np.ndarray:
 
 def mdl_ratios(q, sizes, target: float, *, bits: float = 16.0, lam: float = 2.0, gamma: float = 1.0,
                rho_max: float = 1.0, equality: bool = False, size_unit: float = 1.0) -> np.ndarray:
-    """Algorithm 2 (paper Eq 14–15) via `mdlcap.theory.programs.prune`. With the paper's raw N_k
+    """Algorithm 2 (paper Eq 14–15) via `mdlcap.theory.pruning.prune`. With the paper's raw N_k
     (size_unit=1), b=16, λ=2, γ=1 every layer sits at ρ_max (METHOD.md §3); `equality=True` is the
     non-degenerate variant ρ_k ∝ N_k q_k^{−γ} (clipped) that meets the target exactly."""
     q = _check_scores(q)
     N, t = _check_sizes_target(sizes, target, q.size)
-    res = programs.prune(q, N / size_unit, t, bits=bits, lam=lam, gamma=gamma, rho_max=rho_max,
+    res = program.prune(q, N / size_unit, t, bits=bits, lam=lam, gamma=gamma, rho_max=rho_max,
                          equality=equality)
     return np.asarray(res.rho, dtype=float)
 
