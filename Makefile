@@ -47,7 +47,7 @@ PAPERMILL = $(NB_ENV) $(BIN)/papermill -k python3 --cwd . --log-output --no-prog
 # Needs only the standard library, so it works before the venv exists.
 PIPE_PY  := $(firstword $(wildcard $(BIN)/python) $(shell command -v $(PYTHON) python3 2>/dev/null))
 ifneq ($(filter all $(OUTDIR)/%,$(or $(MAKECMDGOALS),all)),)
-  PIPE_SYNC := $(shell PYTHONPATH=. $(PIPE_PY) -m mdlcap.study.pipeline sync --params $(PARAMS) $(if $(VERBOSE),-v) || echo failed)
+  PIPE_SYNC := $(shell PYTHONPATH=. $(PIPE_PY) -m mdlcap.study.pipeline sync --root $(CURDIR) --params $(PARAMS) $(if $(VERBOSE),-v) || echo failed)
   ifneq ($(PIPE_SYNC),)
     $(warning pipeline sync failed: every notebook counts as stale)
   endif

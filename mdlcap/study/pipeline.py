@@ -332,11 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sync", help="judge notebooks by content; write stamps and make's rules")
     s.add_argument("--params", required=True, help="params file, repository-relative")
+    s.add_argument("--root", default=None, help="repository root (default: mdlcap.files.project_root())")
     s.add_argument("--run", default=None, help="run name (default: the params file's stem)")
     s.add_argument("--mk", default=None, help="where to write the make rules (default: .cache/pipeline/<run>/graph.mk)")
     s.add_argument("-v", "--verbose", action="store_true", help="print each notebook's verdict on stderr")
     a = ap.parse_args(argv)
-    root = files.project_root()
+    root = Path(a.root).resolve() if a.root else files.project_root()
     run = a.run or Path(a.params).stem
     verdict = sync(root, a.params, run)
     mk = Path(a.mk) if a.mk else root / STAMP_DIR / run / "graph.mk"
