@@ -1,4 +1,5 @@
-"""Atomic writes and cache keys: an interrupted run never leaves a half-written file."""
+"""Files: atomic writes (an interrupted run never leaves a half-written file), hashing, the
+repository root. The cache itself is `mdlcap.cache`."""
 from __future__ import annotations
 
 import hashlib
@@ -19,14 +20,6 @@ def project_root() -> Path:
         if (p / "pyproject.toml").exists() and (p / "mdlcap").is_dir():
             return p
     return here
-
-
-def cache_dir(*parts: str) -> Path:
-    """Git-ignored cache for generated models and data ($MDLCAP_CACHE or <root>/.cache/mdlcap)."""
-    base = Path(os.environ.get("MDLCAP_CACHE", project_root() / ".cache" / "mdlcap"))
-    d = base.joinpath(*parts)
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def cache_key(obj: Any, n: int = 16) -> str:
