@@ -48,15 +48,16 @@ PACKAGE = "mdlcap"
 
 # What each notebook reads from the others' outputs (results/<run>/<notebook>/...):
 #   00 builds the default model and the generated data every model-using notebook loads;
-#   02 writes scores.csv, which 03, 04 and 05 allocate / prune / transfer from;
-#   05 reuses the fine-tuning cells notebook 03 cached (results/<run>/03_allocation/cache).
+#   02 writes scores.csv, which 03, 04 and 05 allocate / prune / transfer from.
+# (05 may find fine-tuning cells 03 computed, but through the one cache, keyed by what the cell
+# is: they are the same numbers whoever computes them first, so 05 does not depend on 03.)
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "00_prepare": (),
     "01_derivations": (),
     "02_curvature_scores": ("00_prepare",),
     "03_allocation": ("00_prepare", "02_curvature_scores"),
     "04_pruning": ("00_prepare", "02_curvature_scores"),
-    "05_transfer_regret": ("00_prepare", "02_curvature_scores", "03_allocation"),
+    "05_transfer_regret": ("00_prepare", "02_curvature_scores"),
     "06_precision_allocation": (),
 }
 
