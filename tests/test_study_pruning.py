@@ -11,28 +11,14 @@ import pytest
 import torch
 
 from mdlcap.interventions import pruning as P
-from mdlcap.models import random_model
 from mdlcap.study import paper
 from mdlcap.study import pruning as S
 from mdlcap.study import pruning_ratios as R
 from mdlcap.study.params import PruningParams
 
 
-@pytest.fixture(scope="module")
-def model():
-    return random_model(seed=0, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
-
-
-@pytest.fixture(scope="module")
-def batches():
-    g = torch.Generator().manual_seed(1)
-    out = []
-    for _ in range(2):
-        ids = torch.randint(0, 128, (3, 16), generator=g)
-        am = torch.ones_like(ids)
-        am[0, 12:] = 0
-        out.append({"input_ids": ids, "attention_mask": am, "labels": ids})
-    return out
+# the same tiny GQA decoder and padded batches as the pruning tests
+from test_pruning import batches, model  # noqa: E402,F401
 
 
 @pytest.fixture
