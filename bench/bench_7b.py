@@ -82,6 +82,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from mdlcap.study.measure import rss_bytes  # noqa: E402  (after the path: the device copy is not installed)
 
 SECTIONS = ("scoring", "lmeval", "moe", "pruning")     # run order: moe adds adapters in place
 SCORING = ("grad_norm", "diag_fisher", "kfac", "cg_ggn")      # grad_norm first: the cost unit
@@ -210,15 +211,6 @@ def environment(a) -> dict:
     else:
         env["device_name"] = f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
     return env
-
-
-def rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def free_bytes(device) -> int:
