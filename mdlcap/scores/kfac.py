@@ -20,19 +20,24 @@ from mdlcap.scores import autograd as ag
 SHARE_KFAC_INPUTS = True    # modules fed the same tensor (q/k/v, gate/up) share one A factor and its eigenbasis
 
 
-class _KfacHooks:
+class KfacHooks:
     """Forward/backward hooks on the nn.Linear modules whose weight is scored.
 
     Pass "factors": A += mean_t a aᵀ per batch, G += Σ_i s_i² Σ_{t∈i} δ_t δ_tᵀ / B (δ = ∂L_batch/∂out,
     s_i = per-sample rescaling so that s_i δ is the gradient of sample i's own loss).
     Pass "eigen": per-sample gradients projected on the K-FAC eigenbasis, squared and summed.
+
+    Memory: G is allocated for every module up front; A only on a module's first own input (a
+    module whose input is shared, k/v after q and up after gate, gets none and reads its owner's);
+    S (weight-sized) only with eigen_corrected, the one pass that uses it.
     """
 
-    def __init__(self, linears: dict[str, nn.Linear], dtype):
+    def __init__(self, linears: dict[str, nn.Linear], dtype, eigen_corrected: bool = True):
         self.linears, self.dtype = linears, dtype
-        self.A = {k: torch.zeros(m.in_features, m.in_features, dtype=dtype, device=m.weight.device) for k, m in linears.items()}
+        self.A: dict[str, torch.Tensor] = {}
         self.G = {k: torch.zeros(m.out_features, m.out_features, dtype=dtype, device=m.weight.device) for k, m in linears.items()}
-        self.S = {k: torch.zeros(m.out_features, m.in_features, dtype=dtype, device=m.weight.device) for k, m in linears.items()}
+        self.S = ({k: torch.zeros(m.out_features, m.in_features, dtype=dtype, device=m.weight.device)
+                   for k, m in linears.items()} if eigen_corrected else {})
         self.mode = "factors"
         self.scale = None          # (B,) per-sample rescaling of δ
         self.QA, self.QG = {}, {}
@@ -40,6 +45,21 @@ class _KfacHooks:
         self._owner: dict[int, tuple[str, torch.Tensor]] = {}
         self._acts: dict[str, torch.Tensor] = {}
         self._handles = []
+
+    def input_factor(self, key: str) -> torch.Tensor:
+        """Module `key`'s own A accumulator, allocated (zeros) on first use."""
+        if key not in self.A:
+            m = self.linears[key]
+            self.A[key] = torch.zeros(m.in_features, m.in_features, dtype=self.dtype, device=m.weight.device)
+        return self.A[key]
+
+    def complete_input_factors(self) -> None:
+        """Zeros for the modules that own their input but saw none (never called), in module order,
+        so that every process all-reduces the same list."""
+        for k in self.linears:
+            if k not in self.alias:
+                self.input_factor(k)
+        self.A = {k: self.A[k] for k in self.linears if k in self.A}
 
     def new_batch(self):
         self._owner.clear()
@@ -67,7 +87,7 @@ class _KfacHooks:
                 elif key not in self.alias:
                     self._owner[id(src)] = (key, src)           # keep src alive so its id is not reused
                     a2 = a.reshape(-1, a.shape[-1])
-                    self.A[key] += a2.T @ a2 / a2.shape[0]
+                    self.input_factor(key).add_(a2.T @ a2 / a2.shape[0])
             else:
                 self._acts[key] = a @ self.QA[key]                          # (B, T, in) in eigenbasis
             if out.requires_grad:
@@ -108,7 +128,7 @@ def gains_kfac(model, batches, blocks, *, damping, loss_fn, progress, eigen_corr
     linears = {name: m for name, m in lin.values()}
     g_acc = [torch.zeros_like(p, dtype=dtype) for p in all_params]
     d_acc = [torch.zeros_like(p, dtype=dtype) for p in all_params]     # diagonal Fisher for non-Linear params
-    hooks = _KfacHooks(linears, dtype)
+    hooks = KfacHooks(linears, dtype, eigen_corrected)
     n_samples = 0
     with ag.scoring_mode(model, all_params), hooks:
         for b in tqdm(batches, desc="kfac factors", disable=ag.progress_off(progress)):
@@ -124,6 +144,7 @@ def gains_kfac(model, batches, blocks, *, damping, loss_fn, progress, eigen_corr
                 da += B * g.to(dtype) ** 2          # per-batch estimate of E_i[g_i²] (≈ B·g_b²)
             n_samples += B
         n = ag.global_count(len(batches), device)
+        hooks.complete_input_factors()
         ag.allreduce_(g_acc + d_acc + list(hooks.A.values()) + list(hooks.G.values()))
         hooks.new_batch()
         eig, a_eig = {}, {}
