@@ -4,6 +4,7 @@
     a = allocate(q, cost, budget, alpha=1, beta=0.9)     # Eq 11–13: curvature-weighted water-filling
     z = allocate_integer(q, cost, budget, n_min=1)       # integer expert counts (greedy, exact for equal costs)
     p = prune(q, sizes, 0.5, rho_max=0.51)               # Eq 14–15: curvature-protected pruning ratios
+    j = joint(q, cost, sizes, budget)                    # both under one budget (METHOD.md §7, App. G ii)
 
 One import for both programs; their code lives in `mdlcap.theory.allocation` (Theorem 2,
 Algorithm 1) and `mdlcap.theory.pruning` (Theorem 3, Algorithm 2), the exact breakpoint kernels
@@ -19,6 +20,7 @@ import numpy as np
 
 from mdlcap.theory.allocation import (AllocationResult, IntegerAllocationResult, allocate, allocate_integer,
                                       allocation_kkt, allocation_objective, water_filling)
+from mdlcap.theory.joint import JointIntegerResult, JointResult, joint, joint_integer
 from mdlcap.theory.pruning import PruningResult, critical_lambda, prune, pruning_kkt, pruning_objective, pruning_ratios
 from mdlcap.theory.validate import scores
 
@@ -27,6 +29,7 @@ __all__ = [
     "scores_from_gains", "allocate", "allocate_integer", "prune",
     "allocation_objective", "pruning_objective", "allocation_kkt", "pruning_kkt",
     "water_filling", "pruning_ratios", "critical_lambda",
+    "JointResult", "JointIntegerResult", "joint", "joint_integer",
 ]
 
 

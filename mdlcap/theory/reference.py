@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mdlcap.theory.allocation import allocation_objective
+from mdlcap.theory.joint import joint_objective
 from mdlcap.theory.pruning import pruning_objective
 
 SOLVER = "CLARABEL"
@@ -166,3 +167,43 @@ def allocate_integer_milp(q, cost, budget, *, alpha=1.0, beta=1.0, gamma=0.5, n_
     prob.solve(solver=solver)
     return nmin + np.rint(np.asarray(x.value).sum(axis=1)).astype(np.int64)
 
+
+
+@dataclass
+class JointReferenceResult:
+    n: np.ndarray
+    rho: np.ndarray
+    dual: float                  # μ of the budget, in the program's units
+    objective: float             # recomputed at (n, ρ)
+    status: str
+    solve_time: float
+    route: str = SOLVER
+
+
+def joint_cvxpy(q, cost, sizes, budget, *, beta=1.0, lam=2.0, gamma=1.0, bits=16.0, rho_max=1.0,
+                solver=SOLVER, **solver_opts) -> JointReferenceResult:
+    """The joint program (METHOD.md §7) in cvxpy: min −β Σ q^γ log(1+n) + λ Σ q^γ ρ²,
+    Σ c n + b Σ N (1−ρ) ≤ B, n ≥ 0, 0 ≤ ρ ≤ ρ_max. Objective divided by Σ β q^γ and the budget
+    row by B (same minimiser, O(1) numbers); the dual is reported in the original units."""
+    import cvxpy as cp
+
+    q = np.asarray(q, float)
+    c = np.broadcast_to(np.asarray(cost, float), q.shape).copy()
+    N = np.broadcast_to(np.asarray(sizes, float), q.shape).copy()
+    qg = q ** gamma
+    w, pen = beta * qg, lam * qg
+    n = cp.Variable(q.size, nonneg=True)
+    rho = cp.Variable(q.size)
+    con = (c @ n + bits * (N @ (1 - rho))) / budget <= 1
+    scale = max(float(w.sum()), 1e-300)
+    prob = cp.Problem(cp.Minimize((cp.sum(cp.multiply(pen, cp.square(rho))) - w @ cp.log1p(n)) / scale),
+                      [con, rho >= 0, rho <= rho_max])
+    route, status = _solve(prob, solver, solver_opts)
+    if n.value is None:
+        raise RuntimeError(f"cvxpy found no solution ({route}, status {status})")
+    x = np.maximum(np.asarray(n.value, float), 0.0)
+    r = np.clip(np.asarray(rho.value, float), 0.0, rho_max)
+    return JointReferenceResult(n=x, rho=r, dual=float(np.ravel(con.dual_value)[0]) * scale / budget,
+                                objective=joint_objective(x, r, q, beta=beta, lam=lam, gamma=gamma),
+                                status=status, solve_time=float(prob.solver_stats.solve_time or np.nan),
+                                route=route)
