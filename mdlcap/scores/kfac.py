@@ -55,11 +55,24 @@ class KfacHooks:
 
     def complete_input_factors(self) -> None:
         """Zeros for the modules that own their input but saw none (never called), in module order,
-        so that every process all-reduces the same list."""
-        for k in self.linears:
+        so that every process all-reduces the same list. Under torch.distributed the owners and
+        aliases are first agreed on (a process may hold no batch, hence have seen no input)."""
+        keys = list(self.linears)
+        dist = ag.dist_group()
+        if dist is not None and keys:
+            dev = self.linears[keys[0]].weight.device
+            code = torch.tensor([float(keys.index(self.alias[k]) + 2 if k in self.alias else int(k in self.A))
+                                 for k in keys], dtype=torch.float64, device=dev)
+            dist.all_reduce(code, op=dist.ReduceOp.MAX)      # 0 none, 1 owns its A, j+2 shares keys[j]'s
+            for k, c in zip(keys, code.tolist()):
+                if c >= 2:
+                    self.alias.setdefault(k, keys[int(c) - 2])
+                elif c == 1:
+                    self.input_factor(k)
+        for k in keys:
             if k not in self.alias:
                 self.input_factor(k)
-        self.A = {k: self.A[k] for k in self.linears if k in self.A}
+        self.A = {k: self.A[k] for k in keys if k in self.A}
 
     def new_batch(self):
         self._owner.clear()
