@@ -1,5 +1,5 @@
 """One program that allocates and prunes under a single description-length budget (paper
-Appendix G ii; METHOD.md §7).
+Appendix G ii; METHOD.md §7.1).
 
     j = joint(q, cost, sizes, budget)                    # exact, sorted breakpoints, O(K log K)
     z = joint_integer(q, cost, sizes, budget)            # integer n_k (exact for equal costs)
@@ -187,7 +187,7 @@ def solve_mu(w, c, p, bN, rho_max, budget):
 
 def joint(q, cost, sizes, budget, *, beta=1.0, lam=2.0, gamma=1.0, bits=16.0, rho_max=1.0,
           tol=1e-12) -> JointResult:
-    """Solve the joint allocation-and-pruning program exactly (METHOD.md §7).
+    """Solve the joint allocation-and-pruning program exactly (METHOD.md §7.1).
 
     μ is the unique root of the spend S(μ) = B, found by sorting the 2K breakpoints (O(K log K),
     no iteration tolerance). `cost` and `sizes` may be scalars. A budget below the floor

@@ -4,7 +4,7 @@
     a = allocate(q, cost, budget, alpha=1, beta=0.9)     # Eq 11–13: curvature-weighted water-filling
     z = allocate_integer(q, cost, budget, n_min=1)       # integer expert counts (greedy, exact for equal costs)
     p = prune(q, sizes, 0.5, rho_max=0.51)               # Eq 14–15: curvature-protected pruning ratios
-    j = joint(q, cost, sizes, budget)                    # both under one budget (METHOD.md §7, App. G ii)
+    j = joint(q, cost, sizes, budget)                    # both under one budget (METHOD.md §7.1, App. G ii)
 
 One import for both programs; their code lives in `mdlcap.theory.allocation` (Theorem 2,
 Algorithm 1) and `mdlcap.theory.pruning` (Theorem 3, Algorithm 2), the exact breakpoint kernels

@@ -15,6 +15,8 @@ Scaling: the paper's pruning program has raw parameter counts N_k ~ 1e8 and an o
 the minimiser nor the multipliers' meaning after rescaling back, and keeps the interior-point
 solver well conditioned; we do exactly that and report the duals in the original units.
 
+`joint_cvxpy` and `prune_psi_cvxpy` do the same for the two future-work programs of METHOD.md §7.
+
 `allocate_integer_milp` states the integer allocation as a 0-1 knapsack over unit increments
 (exact because increments decrease along each layer) and solves it with HIGHS.
 """
@@ -28,6 +30,7 @@ import numpy as np
 from mdlcap.theory.allocation import allocation_objective
 from mdlcap.theory.joint import joint_objective
 from mdlcap.theory.pruning import pruning_objective
+from mdlcap.theory.pruning_psi import psi_objective
 
 SOLVER = "CLARABEL"
 # Tighter than CLARABEL's defaults (1e-8 gap / feasibility): a reference must be more accurate
@@ -182,7 +185,7 @@ class JointReferenceResult:
 
 def joint_cvxpy(q, cost, sizes, budget, *, beta=1.0, lam=2.0, gamma=1.0, bits=16.0, rho_max=1.0,
                 solver=SOLVER, **solver_opts) -> JointReferenceResult:
-    """The joint program (METHOD.md §7) in cvxpy: min −β Σ q^γ log(1+n) + λ Σ q^γ ρ²,
+    """The joint program (METHOD.md §7.1) in cvxpy: min −β Σ q^γ log(1+n) + λ Σ q^γ ρ²,
     Σ c n + b Σ N (1−ρ) ≤ B, n ≥ 0, 0 ≤ ρ ≤ ρ_max. Objective divided by Σ β q^γ and the budget
     row by B (same minimiser, O(1) numbers); the dual is reported in the original units."""
     import cvxpy as cp
@@ -207,3 +210,33 @@ def joint_cvxpy(q, cost, sizes, budget, *, beta=1.0, lam=2.0, gamma=1.0, bits=16
                                 objective=joint_objective(x, r, q, beta=beta, lam=lam, gamma=gamma),
                                 status=status, solve_time=float(prob.solver_stats.solve_time or np.nan),
                                 route=route)
+
+
+def prune_psi_cvxpy(a, p, sizes, target, *, bits=16.0, rho_max=1.0, equality=False, solver=SOLVER,
+                    **solver_opts) -> ReferenceResult:
+    """The pruning program with ψ_k = a_k ρ^{p_k} (METHOD.md §7.2) in cvxpy: one power atom per
+    distinct exponent (exact power cones, `approx=False`; p = 1 is linear). Scaled as prune_cvxpy."""
+    import cvxpy as cp
+
+    N = np.asarray(sizes, float)
+    a = np.broadcast_to(np.asarray(a, float), N.shape).copy()
+    p = np.broadcast_to(np.asarray(p, float), N.shape).copy()
+    total = float(N.sum())
+    rho = cp.Variable(N.size)
+    share = N / total
+    con = (share @ rho == target) if equality else (share @ rho >= target)
+    scale = bits * total + float(a.sum())
+    pen = 0
+    for e in np.unique(p):
+        idx = np.flatnonzero(p == e)
+        pen = pen + (a[idx] @ rho[idx] if e == 1.0 else a[idx] @ cp.power(rho[idx], float(e), approx=False))
+    prob = cp.Problem(cp.Minimize((bits * (N @ (1 - rho)) + pen) / scale), [con, rho >= 0, rho <= rho_max])
+    with np.errstate(invalid="ignore"):                      # cvxpy evaluates ρ^p at ρ ≈ −1e-12
+        route, status = _solve(prob, solver, solver_opts)
+    if rho.value is None:
+        raise RuntimeError(f"cvxpy found no solution ({route}, status {status})")
+    x = np.clip(np.asarray(rho.value, float), 0.0, rho_max)
+    dual = float(np.ravel(con.dual_value)[0]) * scale / total
+    return ReferenceResult(x=x, dual=-dual if equality else dual,
+                           objective=psi_objective(x, a, p, N, bits=bits), status=status,
+                           solve_time=float(prob.solver_stats.solve_time or np.nan), route=route)
