@@ -225,14 +225,14 @@ class RhoPart:
         self.U = np.cumsum(bk[order][::-1])[::-1]
         self.L = np.concatenate([[0.0], np.cumsum(bk[order])[:-1]])
         self.P = np.concatenate([[0.0], np.cumsum(pk[order])[:-1]])
-        self.kept = self.U + (1.0 - rho_max) * self.L - self.E * self.t       # at each breakpoint
+        self.neg_kept = self.E * self.t - self.U - (1.0 - rho_max) * self.L   # − kept bits, ascending
         self.pmax = float(pk.sum())
 
     def mu(self, R: float) -> tuple[float, float]:
         """(μ, G(R)) for R at or above the floor."""
         if self.t.size == 0 or R >= self.total:
             return 0.0, 0.0                                  # nothing needs pruning
-        j = int(np.searchsorted(-self.kept, -R, side="left"))  # first breakpoint with kept ≤ R
+        j = int(np.searchsorted(self.neg_kept, -R, side="left"))  # first breakpoint with kept ≤ R
         if j >= self.t.size:
             return float(self.t[-1]), self.rho_max ** 2 * self.pmax
         E, lo = self.E[j], (self.t[j - 1] if j > 0 else 0.0)
