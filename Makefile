@@ -29,6 +29,9 @@ NB_MANIFESTS := $(patsubst notebooks/%.ipynb,$(OUTDIR)/%/manifest.json,$(NOTEBOO
 STAMP    := $(VENV)/.installed
 PIPE     := .cache/pipeline/$(RUN)
 REV      ?= HEAD
+# curvlinops (tests/test_scores_oracle.py) and its dependencies, torchvision left out (venv-install)
+ORACLE   := curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1 unfoldNd==0.2.3 einconv==0.1.0 \
+            linear_operator==0.6.1 einops==0.8.2 opt_einsum==3.4.0
 
 # The embedded default needs no network; set HF_HUB_OFFLINE=0 to let a 7B run download weights.
 export HF_HUB_OFFLINE ?= 1
@@ -100,6 +103,10 @@ venv-install:
 	# torch first, exactly pinned: anything looser pulls a multi-GB CUDA build on a CPU machine
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# the test oracle without pip's resolution: backpack-for-pytorch requires torchvision, and
+	# PyPI's torchvision ("operator torchvision::nms does not exist") breaks transformers' model
+	# imports on the CPU torch; curvlinops never needs it
+	$(BIN)/python -m pip install -q --no-deps $(ORACLE)
 
 clean:
 	rm -rf results/smoke results/bench .cache .pytest_cache .hypothesis
