@@ -103,3 +103,18 @@ def test_check_results_shapes_tolerance_and_exit_code(tmp_path, monkeypatch, cap
     (run / "t.csv").write_text("method,score,seconds,cached\na,0.7,1.2,False\nb,nan,3.4,True\n")
     assert CR.main(["results/r"]) == 1
     assert "t.csv: 1 difference" in capsys.readouterr().out
+
+
+def test_check_results_leaves_out_time_derived_values_only():
+    import pandas as pd
+    from mdlcap.study import check_results as CR
+    speed = pd.DataFrame({"method": ["exact", "cvxpy"], "max_abs_diff_vs_exact": [0.0, 0.011]})
+    moved = speed.assign(max_abs_diff_vs_exact=[0.0, 0.042])          # cvxpy's time-limited fallback
+    assert CR.compare_frames(speed, moved, drop_rows=CR.TIME_LIMITED_ROWS["speed.csv"]) == []
+    wrong = speed.assign(max_abs_diff_vs_exact=[1e-3, 0.011])         # our solver moved: reported
+    assert CR.compare_frames(speed, wrong, drop_rows=CR.TIME_LIMITED_ROWS["speed.csv"]) != []
+    cost = pd.DataFrame({"method": ["kfac"], "grad_passes": [4.2], "zeta2": [1.5]})
+    assert CR.compare_frames(cost, cost.assign(grad_passes=[4.8])) == []
+    assert CR.compare_frames(cost, cost.assign(zeta2=[1.6])) != []
+    assert CR.volatile("allocate_exact_K32_median_us") and not CR.volatile("rho_max")
+    assert CR.volatile("speed_targets_K32_(<=100us, >=1000x)")
