@@ -29,7 +29,7 @@ NB_MANIFESTS := $(patsubst notebooks/%.ipynb,$(OUTDIR)/%/manifest.json,$(NOTEBOO
 STAMP    := $(VENV)/.installed
 PIPE     := .cache/pipeline/$(RUN)
 REV      ?= HEAD
-# curvlinops (tests/test_scores_oracle.py) and its dependencies, torchvision left out (venv-install)
+# curvlinops (tests/test_scores_oracle.py) and its dependencies, torchvision left out (see the venv rule)
 ORACLE   := curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1 unfoldNd==0.2.3 einconv==0.1.0 \
             linear_operator==0.6.1 einops==0.8.2 opt_einsum==3.4.0
 
@@ -91,22 +91,23 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
 
 venv: $(STAMP)
+# torch first, exactly pinned: anything looser pulls a multi-GB CUDA build on a CPU machine.
+# The test oracle goes in without pip's resolution: backpack-for-pytorch requires torchvision,
+# and PyPI's torchvision ("operator torchvision::nms does not exist") breaks transformers' model
+# imports on the CPU torch; curvlinops never needs it. A .venv that links to another checkout's
+# venv is left alone (its editable install would move here). One shell line with no $$(MAKE),
+# so `make -n` only prints it.
 $(STAMP): pyproject.toml
 	@if test -L $(VENV); then \
-	  echo "$(VENV) links to another checkout's venv: not reinstalling into it (its editable install would move here)"; \
-	else $(MAKE) --no-print-directory venv-install && touch $(STAMP); fi
-
-.PHONY: venv-install
-venv-install:
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, exactly pinned: anything looser pulls a multi-GB CUDA build on a CPU machine
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	# the test oracle without pip's resolution: backpack-for-pytorch requires torchvision, and
-	# PyPI's torchvision ("operator torchvision::nms does not exist") breaks transformers' model
-	# imports on the CPU torch; curvlinops never needs it
-	$(BIN)/python -m pip install -q --no-deps $(ORACLE)
+	  echo "$(VENV) links to another checkout's venv: not reinstalling into it"; \
+	else set -e; \
+	  test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	  $(BIN)/python -m pip install -q --upgrade pip; \
+	  $(BIN)/python -m pip install -q torch==2.13.0; \
+	  $(BIN)/python -m pip install -q -e '.[dev]'; \
+	  $(BIN)/python -m pip install -q --no-deps $(ORACLE); \
+	  touch $(STAMP); \
+	fi
 
 clean:
 	rm -rf results/smoke results/bench .cache .pytest_cache .hypothesis
