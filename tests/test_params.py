@@ -134,3 +134,12 @@ def test_start_pins_threads_and_manifest_records_determinism_and_inputs(tmp_path
     assert inp["notebook"] and inp["params"] and "mdlcap/study/run.py" in inp["sources"]
     assert set(inp["upstream"]) == {"00_prepare", "02_curvature_scores"}
     assert "f.png" in man["outputs"]
+
+
+def test_hardware_counts_the_cpus_this_process_may_use():
+    """Under taskset the manifest records the affinity, not the machine's total."""
+    import os
+    from mdlcap.study import run as R
+    hw = R.hardware()
+    assert hw["cpu_count"] == len(os.sched_getaffinity(0))
+    assert hw["cpu_count_machine"] == os.cpu_count()

@@ -65,9 +65,18 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (taskset / cgroup affinity), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):          # not on Linux
+        return os.cpu_count() or 1
+
+
 def hardware() -> dict[str, Any]:
     hw: dict[str, Any] = {"platform": platform.platform(), "python": sys.version.split()[0],
-                          "machine": platform.machine(), "cpu_count": os.cpu_count()}
+                          "machine": platform.machine(), "cpu_count": usable_cpus(),
+                          "cpu_count_machine": os.cpu_count()}
     try:
         import torch
         hw["torch_threads"] = torch.get_num_threads()
