@@ -100,3 +100,73 @@ def test_mdl_equals_literal_program_when_budget_binds():
     q = np.array([0.05, 0.1, 0.2, 0.3, 0.15, 0.1, 0.05, 0.05])
     assert ab.literal_unconstrained_total(q) > 40
     np.testing.assert_array_equal(ab.mdl(q, 40), ab.mdl_literal(q, 40, alpha=1.0, beta=0.9))
+
+
+def test_pl_alpha_hill_closed_form_on_a_log_spaced_spectrum():
+    # eigenvalues λ_i = 10^(s i), i = 0..N-1: the log10 histogram (100 bins over (N-1)s decades, each
+    # narrower than s) holds at most one eigenvalue per bin, so the peak is the first bin, xmin2 = λ_0 = 1,
+    # and the window λ <= 1.5 xmin2 holds λ_0 alone (λ_1 = 10^s > 1.5). Hill at x_min = 1:
+    # α = 1 + N / Σ_i ln(10^(s i)) = 1 + N / (ln10 s N(N-1)/2) = 1 + 2 / (ln10 s (N-1)).
+    N, s = 50, 0.25
+    lam = 10.0 ** (s * np.arange(N))
+    w = np.diag(np.sqrt(lam))[np.random.default_rng(0).permutation(N)]     # rows permuted: same spectrum
+    want = 1.0 + 2.0 / (np.log(10.0) * s * (N - 1))
+    assert ab.pl_alpha_hill(w) == pytest.approx(want, rel=1e-5)
+
+
+def test_pl_alpha_hill_is_a_hill_estimate_inside_the_peak_window():
+    # a Marchenko-Pastur bulk plus a separated heavy tail: whatever the KS choice, the α returned is
+    # the Hill estimate at some x_min in the window [log10(0.95 p), 1.5 p] around the ESD peak p
+    import torch
+
+    torch.manual_seed(0)
+    w = torch.randn(256, 128)
+    w[:, :6] *= torch.tensor([30.0, 20.0, 15.0, 10.0, 8.0, 6.0])
+    ev = np.sort(np.linalg.svd(w.numpy().astype(np.float64), compute_uv=False) ** 2)
+    h = np.log10(ev)
+    counts, edges = np.histogram(h, bins=100, range=(h.min(), h.max()))
+    p = 10.0 ** edges[np.argmax(counts)]
+    inside = [i for i in range(len(ev) - 1) if np.log10(0.95 * p) <= ev[i] <= 1.5 * p]
+    hill = [1.0 + (len(ev) - i) / np.sum(np.log(ev[i:] / ev[i])) for i in inside]
+    a = ab.pl_alpha_hill(w)
+    assert ev[-6] > 1.5 * p and len(inside) < len(ev) - 7            # the tail lies outside the window
+    assert min(abs(a - x) for x in hill) < 1e-4 * a
+
+
+def test_pl_alpha_hill_reproduces_the_reference_on_random_matrices():
+    # values of AlphaLoRA's fix_finger (expert_number.py, run as published) on the same matrices;
+    # issue 14: 192x192 Gaussian, reference 2.25, the earlier whole-spectrum scan 3.75
+    import torch
+
+    torch.manual_seed(0)
+    assert ab.pl_alpha_hill(torch.randn(192, 192)) == pytest.approx(2.253, abs=2e-3)
+    torch.manual_seed(0)
+    assert ab.pl_alpha_hill(torch.distributions.StudentT(3.0).sample((512, 192))) == pytest.approx(3.226, abs=2e-3)
+    with pytest.raises(ValueError, match="weight"):
+        ab.pl_alpha_hill(np.ones(5))
+    assert ab.pl_alpha_hill(np.zeros((4, 4))) == 1.0                 # no spectrum to fit: the default
+
+
+def test_layerif_is_offset_and_scale_invariant():
+    s = np.array([-5.0, -3.0, -1.0, -4.0, -2.0, 0.0, -6.0, -1.5])
+    for e in (2.0, 3.0):
+        base = ab.layerif(s, 40, exponent=e)
+        assert ab.layerif(s + 123.4, 40, exponent=e).tolist() == base.tolist()
+        assert ab.layerif(7.0 * s, 40, exponent=e).tolist() == base.tolist()
+
+
+def test_layerif_pools_use_their_own_exponents():
+    import pandas as pd
+    from types import SimpleNamespace
+
+    assert ab.LAYERIF_EXPONENTS == {"layerif_all": 2.0, "layerif_pos": 3.0}
+    score = np.array([0.5, -0.2, 1.5, 0.1, 0.9, -0.7, 2.0, 0.3])       # signed −Σ I, as scores.csv stores it
+    rows = [{"task": "t", "method": m, "layer": k, "score": v, "q": 0.0}
+            for m in ab.LAYERIF_EXPONENTS for k, v in enumerate(score)]
+    frame = pd.DataFrame(rows)
+    A = SimpleNamespace(n_min=1, alpha=1.0, beta=0.9, gamma=0.5, budget_scaling=0.0276, alphalora_exponent=2.5)
+    got = {m: ab.allocate(m, n_layers=8, total=40, params=A, scores=frame, task="t").tolist()
+           for m in ab.LAYERIF_EXPONENTS}
+    assert got["layerif_all"] == ab.layerif(-score, 40, exponent=2.0).tolist()
+    assert got["layerif_pos"] == ab.layerif(-score, 40, exponent=3.0).tolist()
+    assert got["layerif_all"] != got["layerif_pos"]

@@ -41,6 +41,10 @@ from mdlcap.scores.registry import SCORE_METHODS
 from mdlcap.theory.allocation import allocate_integer
 
 MOLA_PATTERN = (2, 4, 6, 8)
+# LayerIF's exponent on (max - s) per pool, as its allocator notebook runs `scale_values_final`
+# (github.com/HadiAskari/Expert_Allocation, LayerIF_Computation/expert_allocator.ipynb): 2 on the
+# sums over all samples ("All IF values"), 3 on the sums over beneficial samples ("Only positive").
+LAYERIF_EXPONENTS = {"layerif_all": 2.0, "layerif_pos": 3.0}
 BASELINES = ("uniform", "mola", "alphalora", "layerif_all", "layerif_pos")
 # The one list of allocation method names (`allocate` dispatches on them; params validate against
 # them): the baselines, then Algorithm 1 on the q of every scores.csv method ("mdl_<score method>").
@@ -131,11 +135,14 @@ def layerif(scores, total: int, exponent: float = 3.0) -> np.ndarray:
       1. invert the layer influence sums: v_k = max_j s_j - s_k  (more negative influence = more
          beneficial training data through that layer = more experts; the top-scoring layer gets 0);
          if all v_k are 0 they become 1e-6 (uniform);
-      2. raise to a power: w_k = v_k^exponent  (LayerIF's walk-through uses 3);
+      2. raise to a power: w_k = v_k^exponent  (`LAYERIF_EXPONENTS`: 2 for All, 3 for +ve);
       3. scale to the total minus one per layer: f_k = w_k / Σ w * (total - L);
       4. floor and add one per layer: n_k = floor(f_k) + 1;
       5. hand the remaining total - Σ n_k units to the largest fractional parts f_k - floor(f_k).
-    """
+
+    Only differences s_j - s_k enter, and then only their ratios: the counts do not change when a
+    constant is added to every score or every score is multiplied by a positive number.
+    Ties in step 5 go to the higher index, as the reference's reversed argsort does."""
     s = _as_vector(scores, "scores")
     if exponent <= 0:
         raise ValueError(f"exponent: must be > 0, got {exponent}")
@@ -147,41 +154,75 @@ def layerif(scores, total: int, exponent: float = 3.0) -> np.ndarray:
     f = w / w.sum() * (total - s.size)
     counts = np.floor(f).astype(int) + 1
     left = total - counts.sum()
-    order = np.argsort(-(f - np.floor(f)), kind="stable")
+    order = np.argsort(f - np.floor(f), kind="stable")[::-1]
     counts[order[:left]] += 1
     return counts
 
 
 # --------------------------------------------------------------------------- AlphaLoRA
-def pl_alpha_hill(weight, n_xmin: int = 50) -> float:
-    """Power-law exponent α of the eigenvalues of WᵀW (heavy-tailed self-regularisation, as
-    AlphaLoRA/WeightWatcher): Hill estimator α = 1 + n / Σ log(λ_i / λ_min) over the tail above each
-    candidate λ_min, keeping the candidate whose fitted CDF is closest (Kolmogorov-Smirnov) to the
-    empirical one. Larger α = lighter tail = less well trained layer (AlphaLoRA gives it more experts)."""
+def pl_alpha_hill(weight, bins: int = 100) -> float:
+    """PL_Alpha_Hill of one weight matrix as AlphaLoRA computes it (Qing et al. 2024,
+    github.com/morelife2017/alphalora, expert_number.py `fix_finger`, the same estimator as
+    AlphaPruning's and WeightWatcher's "xmin_peak"): the power-law exponent α of the empirical
+    spectral density of WᵀW, larger α = lighter tail = less well trained layer (more experts).
+
+      eigenvalues λ = svdvals(W)², ascending, none filtered (the reference's filter_zeros=False);
+      peak: a histogram of log10 λ with `bins` equal bins over [min, max]; xmin2 = 10^(left edge of
+            the fullest bin, the first one on ties);
+      window: candidate x_min = λ_i (all but the largest) with log10(0.95·xmin2) <= λ_i <= 1.5·xmin2,
+            the lower bound compared with λ itself, not log10 λ, exactly as the reference does (so
+            it rarely excludes anything; the window is in effect λ_i <= 1.5·xmin2);
+      Hill at each candidate: α_i = 1 + n_i / Σ_{j>=i} log(λ_j / λ_i), n_i = N - i;
+      Kolmogorov–Smirnov distance D_i = max_j |1 - (λ_j/λ_i)^(1-α_i) - (j-i)/n_i| when α_i > 1,
+            else 1 (the reference's initial value); the α with the smallest D, the first on ties.
+
+    Deviation: where no candidate gives a fit (every D_i = 1: the window holds no candidate with
+    α > 1) the reference returns the α array's first entry (0 when λ_0 lies outside the window);
+    this returns 1.0, the reference's own default for "no valid alpha", so a degenerate matrix
+    cannot give α = 0 (which AlphaLoRA's α^2.5 would turn into a zero share). Computed in float64
+    from float32 singular values (the reference keeps float32 throughout).
+    """
     import torch
 
-    w = torch.as_tensor(weight).detach().float()
-    ev = torch.linalg.svdvals(w).double() ** 2
-    ev = torch.sort(ev[ev > 1e-12 * ev.max()]).values
+    if not (isinstance(bins, int) and bins >= 1):
+        raise ValueError(f"bins: must be an integer >= 1, got {bins!r}")
+    w = torch.as_tensor(weight).detach()
+    if w.dim() != 2:
+        raise ValueError(f"weight: must be a matrix, got shape {tuple(w.shape)}")
+    ev = torch.sort(torch.linalg.svdvals(w.float()).double() ** 2).values
     n_all = ev.numel()
-    if n_all < 3:
-        return 1.0
+    if n_all < 2 or not bool(ev[0] > 0):
+        ev = ev[ev > 0]
+        n_all = ev.numel()
+        if n_all < 2:
+            return 1.0
     logs = torch.log(ev)
-    cand = torch.linspace(0, n_all - 2, min(n_xmin, n_all - 1)).round().long().unique()
-    best_alpha, best_d = 1.0, float("inf")
-    for i in cand.tolist():
-        tail = ev[i:]
-        n = tail.numel()
-        denom = float((logs[i:] - logs[i]).sum())
+    lg10 = torch.log10(ev)
+    lo, hi = float(lg10.min()), float(lg10.max())
+    counts = torch.histc(lg10, bins=bins, min=lo, max=hi)
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+    xmin2 = 10.0 ** float(edges[int(torch.argmax(counts))])
+    w_lo, w_hi = float(np.log10(0.95 * xmin2)), 1.5 * xmin2
+    best_alpha, best_d = None, 1.0
+    suffix = torch.flip(torch.cumsum(torch.flip(logs, [0]), 0), [0])          # Σ_{j>=i} log λ_j
+    for i in range(n_all - 1):
+        x = float(ev[i])
+        if x < w_lo:
+            continue
+        if x > w_hi:
+            break
+        n = n_all - i
+        denom = float(suffix[i]) - n * float(logs[i])
         if denom <= 0:
             continue
         alpha = 1.0 + n / denom
-        emp = torch.arange(n, dtype=torch.float64) / n
-        fit = 1.0 - (tail / tail[0]) ** (1.0 - alpha)
-        d = float((fit - emp).abs().max())
+        if alpha <= 1:
+            continue
+        seq = torch.arange(n, dtype=torch.float64)
+        d = float(torch.max(torch.abs(1.0 - (ev[i:] / x) ** (1.0 - alpha) - seq / n)))
         if d < best_d:
             best_d, best_alpha = d, alpha
-    return best_alpha
+    return 1.0 if best_alpha is None else float(best_alpha)
 
 
 def layer_alphas(model) -> np.ndarray:
@@ -292,9 +333,9 @@ def allocate(method: str, *, n_layers: int, total: int, params, scores=None, tas
                                                       n_min=max(params.n_min, 1))
     if scores is None or task is None:
         raise ValueError(f"scores: method '{method}' needs scores.csv and a task")
-    if method in ("layerif_all", "layerif_pos"):
+    if method in LAYERIF_EXPONENTS:
         s = score_vector(scores, task, method, "score")
-        return None if s is None else layerif(layerif_raw_influence(s), total, exponent=params.layerif_exponent)
+        return None if s is None else layerif(layerif_raw_influence(s), total, exponent=LAYERIF_EXPONENTS[method])
     q = score_vector(scores, task, method[4:], "q")          # mdl_<score method>
     if q is None:
         return None
@@ -310,5 +351,6 @@ def layerif_raw_influence(score) -> np.ndarray:
 
 # scores.csv stores LayerIF scores so that larger = more capacity (q >= 0 on the simplex); LayerIF's
 # heuristic takes the signed influence sums where larger (less negative) = fewer experts, so the
-# raw input is the negated score. (`layerif` only uses max(s) - s, so any constant offset is moot.)
+# raw input is the negated score, i.e. exactly Σ_i I_k(i) (no offset is stored; `layerif` only uses
+# max(s) - s, so an offset would be moot anyway).
 LAYERIF_SCORE_SIGN = -1.0

@@ -177,7 +177,7 @@ def cell_spec(params, task: str, seed: int, counts=None, ranks=None) -> dict:
     settings): the cell's spec in the "finetune" cache, so equal allocations share one run."""
     a = asdict(params.allocation)
     for k in ("methods", "rank_methods", "seeds", "tasks", "rank_experiment", "total_experts", "alpha", "beta",
-              "gamma", "budget_scaling", "n_min", "layerif_exponent", "alphalora_exponent"):
+              "gamma", "budget_scaling", "n_min", "alphalora_exponent"):
         a.pop(k)                                         # they change the counts, not the run given counts
     # data_key, not just the params: it also follows the task generators' version, so cells
     # trained on data that a generator change replaced are not reused

@@ -96,7 +96,9 @@ class ScoringParams:
     blocks: Literal["layer", "attn_mlp"] = "layer"
     layerif_train: int = 64              # training samples whose influence LayerIF sums
     layerif_val: int = 32                # validation samples for the validation-loss gradient
-    layerif_damping_scale: float = 0.1   # DataInf: λ_k = c · mean‖g‖² / d_k
+    layerif_damping_scale: float = 0.1   # DataInf: λ_t = c · mean_j ‖g_j,t‖² / d_t per LoRA tensor t
+    layerif_lora_steps: int = 100        # AdamW steps of the LoRA LayerIF differentiates (mdlcap.study.layerif)
+    layerif_lora_lr: float = 3e-4        # its learning rate (DataInf's)
     validation_task: str | None = None   # section 2 task (None = first fine-tune task)
     validation_steps: int = 10           # Adam steps when fine-tuning one layer alone
     validation_lr: float = 1e-3
@@ -116,7 +118,6 @@ class AllocationParams:
     n_min: int = 1
     methods: list[str] = field(default_factory=lambda: [
         "uniform", "mola", "layerif_all", "mdl_layerif_all", "layerif_pos", "mdl_layerif_pos", "mdl_cg_ggn"])
-    layerif_exponent: float = 3.0        # LayerIF's power on (max - score) (its walk-through: 3)
     alphalora_exponent: float = 2.5      # AlphaLoRA's power on the layer PL-alpha
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     tasks: list[str] | None = None       # subset of data.finetune_tasks to fine-tune on (None: all)
@@ -356,7 +357,7 @@ def _check_values(p: Params, src: str) -> None:
         need(all(m in _score_methods for m in listed), key, f"must be a subset of {list(_score_methods)}")
     need(all(m in _score_methods for m in p.scoring.methods) and len(p.scoring.methods) > 0, "scoring.methods",
          f"must be a non-empty subset of {list(_score_methods)}")
-    for key in ("cg_max_iter", "cg_batches", "n_batches", "batch_size", "layerif_train", "layerif_val",
+    for key in ("cg_max_iter", "cg_batches", "n_batches", "batch_size", "layerif_train", "layerif_val", "layerif_lora_steps",
                 "appendix_c_layers", "appendix_c_iter"):
         need(getattr(p.scoring, key) >= 1, f"scoring.{key}", "must be >= 1")
     need(p.scoring.max_len >= 2, "scoring.max_len", "must be >= 2")
@@ -364,6 +365,7 @@ def _check_values(p: Params, src: str) -> None:
     need(p.scoring.validation_lr > 0, "scoring.validation_lr", "must be > 0")
     need(p.scoring.cg_tol >= 0, "scoring.cg_tol", "must be >= 0")
     need(p.scoring.layerif_damping_scale > 0, "scoring.layerif_damping_scale", "must be > 0")
+    need(p.scoring.layerif_lora_lr > 0, "scoring.layerif_lora_lr", "must be > 0")
     need(len(p.scoring.lambda_grid) > 0 and all(x > 0 for x in p.scoring.lambda_grid), "scoring.lambda_grid",
          "must be a non-empty list of values > 0")
     need(p.allocation.total_experts > 0, "allocation.total_experts", "must be > 0")
