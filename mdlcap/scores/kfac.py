@@ -137,6 +137,11 @@ class KfacHooks:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        # drop the last forward's tensors: their graph holds this object's backward hooks from C++,
+        # a cycle gc cannot see, which would keep A, G, Q and S alive after the call (streaming)
+        self._owner.clear()
+        self._acts.clear()
+        self.targets.clear()
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, [T,] d) -> the rows at the loss positions, (P, d)."""
@@ -342,6 +347,7 @@ def kfac_factors(model, batches, blocks, *, fisher: str = "true", loss_fn=None, 
     mc = mc_samples if fisher == "true" else 1                       # draws per loss token
     hooks = KfacHooks(linears, dtype)
     pids = {id(p) for p in all_params}
+    index = {id(p): i for i, p in enumerate(all_params)}
     M = 0.0
 
     def fisher_backward(loss, retain, first):
@@ -353,7 +359,7 @@ def kfac_factors(model, batches, blocks, *, fisher: str = "true", loss_fn=None, 
             gs = ag.grads(loss, wrt, retain_graph=retain)
         finally:
             hooks.record_grads = False
-        sel = [gs[all_params.index(p)] for p in others] if with_g else gs[:len(others)]
+        sel = [gs[index[id(p)]] for p in others] if with_g else gs[:len(others)]
         for da, g in zip(d_acc, sel):
             da += g.to(dtype) ** 2
         if with_g:
