@@ -46,6 +46,8 @@ def pruning_instances(draw):
     K = draw(st.integers(1, 64))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     q = rng.dirichlet(np.full(K, draw(st.sampled_from([0.3, 1.0, 5.0])))) + 1e-6
+    if K > 1 and draw(st.booleans()):
+        q[rng.choice(K, int(rng.integers(1, K)), replace=False)] = 0.0   # layers with no positive gain
     q /= q.sum()
     sizes = rng.uniform(1.0, 4.0, K) * draw(st.sampled_from([1e-3, 1.0, 1e3, 1e8]))
     rho_max = draw(st.sampled_from([0.3, 0.51, 0.55, 0.9, 1.0]))
@@ -215,6 +217,60 @@ def test_scores_from_gains():
     np.testing.assert_allclose(q, [0.25, 0.75, 0.0])
     d = P.scores_from_gains({"layer.1": 2.0, "layer.0": 6.0})
     assert list(d) == ["layer.1", "layer.0"] and d["layer.0"] == pytest.approx(0.75)
+    # negative scores (a harmful layer's LayerIF sum) map to 0, nothing is shifted: the others keep their ratio
+    np.testing.assert_allclose(P.scores_from_gains([-5.0, 1.0, 3.0]), [0.0, 0.25, 0.75])
+    np.testing.assert_allclose(P.scores_from_gains([-0.1, 1.0, 3.0]), P.scores_from_gains([-9.0, 1.0, 3.0]))
+
+
+# --------------------------------------------------------------------------- zero scores
+def test_zero_scores_are_the_limit_of_the_closed_forms():
+    """q_k = 0 (a layer with no positive gain): allocation n_k = 0 (Eq 13), pruning ρ_k = ρ_max
+    (Eq 15), both the limit of q_k = ε → 0; negative q is still rejected by the programs."""
+    q = np.array([0.0, 0.2, 0.3, 0.5])
+    N = np.array([1.0, 2.0, 1.0, 3.0])
+    a = P.allocate(q, 0.01, 1.0, alpha=0.0, beta=1.0, gamma=0.5)
+    assert a.n[0] == 0.0 and (a.n[1:] > 0).all() and a.kkt_residual < 1e-9
+    for eps in (1e-7, 1e-10):
+        qe = np.where(q == 0, eps, q)
+        np.testing.assert_allclose(P.allocate(qe, 0.01, 1.0, alpha=0.0, gamma=0.5).n, a.n, atol=1e-2)
+    for method in ("exact", "bisection"):
+        for equality, bits in ((True, 16.0), (False, 0.1), (False, 16.0)):
+            kw = dict(bits=bits, lam=2.0, gamma=1.0, rho_max=0.8, equality=equality, method=method)
+            r = P.prune(q, N, 0.5, **kw)
+            assert r.rho[0] == 0.8 and r.kkt_residual < 1e-9
+            assert N @ r.rho / N.sum() >= 0.5 - 1e-12
+            re = P.prune(np.where(q == 0, 1e-12, q), N, 0.5, **kw)             # the limit
+            np.testing.assert_allclose(r.rho, re.rho, atol=1e-9)
+            assert r.nu == pytest.approx(re.nu, rel=1e-6, abs=1e-9)
+    # equality target below what the zero-score layers prune at rho_max alone: they share it
+    r = P.prune(q, N, 0.05, rho_max=0.8, equality=True)
+    assert r.rho[0] == pytest.approx(0.05 * N.sum() / N[0]) and (r.rho[1:] == 0).all() and r.tau == 0.0
+    assert r.kkt_residual < 1e-12
+    for prog in (lambda qq: P.prune(qq, N, 0.5), lambda qq: P.allocate(qq, 1.0, 1.0)):
+        with pytest.raises(ValueError, match=r"^q: every entry must be >= 0.*scores_from_gains"):
+            prog(np.array([-0.1, 0.3, 0.3, 0.5]))
+        with pytest.raises(ValueError, match=r"^q: must not be all zero"):
+            prog(np.zeros(4))
+
+
+@pytest.mark.parametrize("equality", [False, True])
+def test_zero_scores_match_cvxpy(equality):
+    R = pytest.importorskip("mdlcap.theory.reference")
+    rng = np.random.default_rng(5)
+    q = rng.dirichlet(np.ones(8))
+    q[[1, 4]] = 0.0
+    N = rng.uniform(1, 4, 8)
+    kw = dict(bits=0.1, lam=2.0, gamma=1.0, rho_max=0.6, equality=equality)
+    res, ref = P.prune(q, N, 0.3, **kw), R.prune_cvxpy(q, N, 0.3, **kw)
+    assert ref.status == "optimal"
+    np.testing.assert_allclose(res.rho, ref.x, atol=1e-6)
+    assert res.objective <= ref.objective + 1e-9 * (1 + abs(ref.objective))
+    assert res.nu == pytest.approx(ref.dual, rel=1e-5, abs=1e-7)
+    a, aref = P.allocate(q, 0.05, 0.5, alpha=1.0, beta=0.9, gamma=0.5), R.allocate_cvxpy(q, 0.05, 0.5, alpha=1.0,
+                                                                                           beta=0.9, gamma=0.5)
+    assert a.n[1] == a.n[4] == 0.0
+    np.testing.assert_allclose(a.n, aref.x, atol=1e-5 * (1 + aref.x.max()))
+    assert a.mu == pytest.approx(aref.dual, rel=1e-5, abs=1e-7)
 
 
 # --------------------------------------------------------------------------- against cvxpy
@@ -352,7 +408,7 @@ def test_allocate_bad_input(bad, name, method):
 
 BAD_PRUNE = [
     (dict(q=[0.5, np.nan]), "q"), (dict(q=[-1.0, 2.0]), "q"), (dict(q=[0.0, 0.0]), "q"),
-    (dict(q=[0.0, 1.0]), "q"), (dict(sizes=[1.0, 0.0]), "sizes"), (dict(sizes=[1.0]), "sizes"),
+    (dict(sizes=[1.0, 0.0]), "sizes"), (dict(sizes=[1.0]), "sizes"),
     (dict(sizes=[1.0, np.inf]), "sizes"), (dict(target=0.6, rho_max=0.5), "target"),
     (dict(target=-0.1), "target"), (dict(target=np.nan), "target"), (dict(rho_max=0.0), "rho_max"),
     (dict(rho_max=1.5), "rho_max"), (dict(lam=0.0), "lam"), (dict(bits=-1.0), "bits"),
@@ -381,7 +437,7 @@ def test_allocate_integer_bad_input(bad, name):
         P.allocate_integer(kw.pop("q"), kw.pop("cost"), kw.pop("budget"), **kw)
 
 
-@pytest.mark.parametrize("bad", [[-1.0, 2.0], [0.0, 0.0], [np.nan, 1.0], {"a": -1.0}, []])
+@pytest.mark.parametrize("bad", [[-1.0, -2.0], [0.0, 0.0], [np.nan, 1.0], {"a": -1.0}, [], [[1.0, 2.0]]])
 def test_scores_bad_input(bad):
     with pytest.raises(ValueError, match=r"^zeta2:"):
         P.scores_from_gains(bad)

@@ -34,16 +34,25 @@ __all__ = [
 
 
 def scores_from_gains(zeta2):
-    """Eq 10: normalised curvature scores q_k = ζ_k² / Σ_j ζ_j² (on the simplex).
+    """Eq 10: normalised scores q_k = max(ζ_k², 0) / Σ_j max(ζ_j², 0) (on the simplex).
 
-    `zeta2` is an array of layer gains, or a mapping name → ζ² (as `curvature.layer_gains`
+    `zeta2` is an array of layer gains, or a mapping name → gain (as `curvature.layer_gains`
     returns); a mapping gives back a dict with the same keys and order.
-    Gains must be finite, ≥ 0 and not all zero: a negative ζ² means the damped curvature was
-    not positive definite (Lemma 1 needs H̃ ≻ 0), which the caller must fix, not hide.
+
+    The one place where a negative score becomes 0 (METHOD.md §1): a layer with no positive
+    gain gets no capacity. ζ² of Eq 9 is ≥ 0 whenever the damped curvature is positive definite,
+    but other scores are signed — LayerIF's −Σ_i I_k(i) is negative for a layer whose training
+    samples raise the validation loss — and the programs take q ≥ 0 (q_k = 0 as the limit of
+    their closed forms: n_k = 0 in Eq 13, ρ_k = ρ_max in Eq 15). No shift is applied: a shift by
+    the most negative value would give the least useful layer q = 0 and change every other q by
+    an arbitrary offset. Gains must be finite and at least one must be > 0.
     """
     if isinstance(zeta2, Mapping):
         keys = list(zeta2)
         q = scores_from_gains(np.array([float(zeta2[k]) for k in keys]) if keys else np.empty(0))
         return dict(zip(keys, q.tolist()))
-    z = scores(zeta2, "zeta2")
+    z = np.asarray(zeta2, dtype=float)
+    if z.ndim == 1 and z.size and np.isfinite(z).all():
+        z = np.maximum(z, 0.0)
+    z = scores(z, "zeta2")
     return z / z.sum()

@@ -3,7 +3,10 @@
     p = prune(q, sizes, 0.5, rho_max=0.51)               # Eq 14–15: curvature-protected pruning ratios
 
 Eq 14 is separable and strongly convex (q_k > 0) with one coupling target, so the KKT
-conditions reduce to a monotone scalar equation in the target's dual ν. `method="exact"` (the
+conditions reduce to a monotone scalar equation in the target's dual ν. A score q_k = 0 (γ > 0:
+a layer with no positive gain, METHOD.md §3) removes that layer's penalty; it is taken as the
+limit of Eq 15, ρ_k = ρ_max, and the rest is solved for what is left of the target
+(`prune`'s docstring). `method="exact"` (the
 default) solves it by sorted breakpoints (`mdlcap.theory.breakpoints`); `method="bisection"` is
 Algorithm 2's bisection on the bracket of paper §3.2 (`mdlcap.theory.bisection`). Written by hand
 for the reasons `mdlcap.theory.allocation` gives; cvxpy (`mdlcap.theory.reference`) is the check.
@@ -58,14 +61,20 @@ def pruning_kkt(rho, nu, q, sizes, target, *, bits=16.0, lam=2.0, gamma=1.0, rho
     """Largest scale-free violation of the KKT conditions of Eq 14 at (ρ, ν).
 
     - stationarity with the box (natural residual): |ρ_k − clip((b+ν) N_k/(2λq_k^γ), 0, ρ_max)| / ρ_max
+      (a layer with q_k^γ = 0 must sit at ρ_max when b + ν > 0 and may sit anywhere when b + ν = 0)
     - primal: box violations / ρ_max; target: max(0, s − ΣNρ/ΣN) (|·| for equality)
     - dual (inequality only): max(0, −ν)/(b+|ν|)
     - complementary slackness (inequality only): ν/(b+ν) · |ΣNρ/ΣN − s|
     `tau` (= b + ν) may be passed when known to more digits than b + ν recomputes.
     """
     rho, q, N = np.asarray(rho, float), np.asarray(q, float), np.asarray(sizes, float)
-    a = N / (2.0 * lam * q ** gamma)
-    closed = np.clip((bits + nu if tau is None else tau) * a, 0.0, rho_max)
+    t = bits + nu if tau is None else tau
+    with np.errstate(divide="ignore", invalid="ignore"):   # q_k^γ = 0: a_k = inf (no penalty)
+        a = N / (2.0 * lam * q ** gamma)
+        closed = np.clip(t * a, 0.0, rho_max)
+    free = ~np.isfinite(a)                                   # ρ_max if τ > 0; any ρ_k if τ = 0
+    if free.any():
+        closed[free] = rho_max if t > 0 else np.clip(rho[free], 0.0, rho_max)
     stat = float(np.max(np.abs(rho - closed))) / rho_max
     box = max(float(np.max(-rho)), float(np.max(rho - rho_max)), 0.0) / rho_max
     frac = float(np.dot(N, rho) / N.sum())
@@ -87,14 +96,21 @@ def _frac(tau: float, a: np.ndarray, N: np.ndarray, rho_max: float, total: float
     return float(np.dot(N, np.minimum(tau * a, rho_max))) / total
 
 
-def _inputs(q, sizes, lam, gamma):
-    """(q, N, a, ΣN) with a_k = N_k / (2λ q_k^γ), so that ρ_k(τ) = min(τ a_k, ρ_max) (Eq 15)."""
+def _checked(q, sizes):
+    """(q, N): q ≥ 0 not all zero, N > 0, one length (each rule named when broken)."""
     q = scores(q)
     N = vector(sizes, "sizes", positive=True)
     same_length(q, N, "q", "sizes")
+    return q, N
+
+
+def _inputs(q, sizes, lam, gamma):
+    """(q, N, a, ΣN) with a_k = N_k / (2λ q_k^γ), so that ρ_k(τ) = min(τ a_k, ρ_max) (Eq 15).
+    Needs q > 0 when γ > 0 (`prune` splits zero scores off before it gets here)."""
+    q, N = _checked(q, sizes)
     if gamma > 0 and not q.min() > 0:
-        raise ValueError("q: every q_k must be > 0 when gamma > 0 (a zero score removes the "
-                         "degradation penalty and the program is no longer strongly convex)")
+        raise ValueError("q: every q_k must be > 0 when gamma > 0 here (prune() takes zero scores "
+                         "as the limit rho_k = rho_max before calling this)")
     with np.errstate(divide="ignore", over="ignore"):       # checked just below
         a = N / (2.0 * lam * q ** gamma)
     if not math.isfinite(a.sum()):
@@ -136,7 +152,17 @@ def prune(q, sizes, target, *, bits=16.0, lam=2.0, gamma=1.0, rho_max=1.0, equal
     `method="bisection"`: bracket of paper §3.2 on τ = b + ν, fixed number of steps for relative
     precision `tol`, ρ returned at the end that meets the target. `method="exact"` (default):
     sorted breakpoints (`mdlcap.theory.breakpoints`), no tolerance, faster at every K we measured.
-    Strong convexity (Theorem 3) needs q_k > 0 when γ > 0, so zeros are rejected.
+
+    Zero scores (γ > 0). A layer with q_k = 0 has no positive gain and no degradation penalty:
+    Eq 15's ρ_k = clip(τ N_k/(2λq_k^γ), 0, ρ_max) tends to ρ_max as q_k → 0 for any τ > 0, and
+    in the program at q_k = 0 itself pruning that layer only lowers the objective. So those layers
+    are set to ρ_max and the layers with q_k > 0 are solved (same method) for the rest of the
+    target, (sΣN − ρ_max Σ_{q=0} N)/Σ_{q>0} N, floored at 0; τ, ν are that sub-problem's. One case
+    has no such limit: with `equality=True`, if the zero-score layers alone at ρ_max exceed the
+    target, the program's b-term is constant, the q > 0 layers take ρ = 0 (ν = −b, τ = 0) and any
+    split of the target over the zero-score layers is optimal; they get one common ratio.
+    Negative q and an all-zero q are rejected (`mdlcap.theory.validate.scores`); with γ = 0,
+    q^γ = 1 and zeros change nothing.
     """
     method = check_method(method)
     tol = check_tol(tol)
@@ -158,11 +184,14 @@ def prune(q, sizes, target, *, bits=16.0, lam=2.0, gamma=1.0, rho_max=1.0, equal
                                                         scalars[4], equality)
             if status == breakpoints.OK:
                 return _result(rho, tau, "exact", 0, qa, Na, *scalars, equality)
-        _scalars(target, bits, lam, gamma, rho_max)              # raise, naming the rule
-        _inputs(q, sizes, float(lam), float(gamma))
+    target, bits, lam, gamma, rho_max = _scalars(target, bits, lam, gamma, rho_max)   # raise, naming the rule
+    qc, Nc = _checked(q, sizes)
+    if gamma > 0 and not qc.min() > 0:                       # zero scores: their limit, then the rest
+        return _prune_zero_scores(qc, Nc, target, bits, lam, gamma, rho_max, equality, tol, method)
+    if method == "exact":
+        _inputs(qc, Nc, lam, gamma)
         raise ValueError("q, sizes: sizes / q**gamma is not finite")
-    target, bits, lam, gamma, rho_max = _scalars(target, bits, lam, gamma, rho_max)
-    q, N, a, total = _inputs(q, sizes, lam, gamma)
+    q, N, a, total = _inputs(qc, Nc, lam, gamma)
     iters = 0
     if target == 0.0 and equality:
         tau = 0.0                                            # ρ ≡ 0; ν = −b is a valid multiplier
@@ -176,6 +205,24 @@ def prune(q, sizes, target, *, bits=16.0, lam=2.0, gamma=1.0, rho_max=1.0, equal
         tau = max(tau, bits)                                 # ν ≥ 0 (rounding at target = ρ_max)
     rho = pruning_ratios(tau, a, rho_max)                    # Eq 15
     return _result(rho, tau, "bisection", iters, q, N, target, bits, lam, gamma, rho_max, equality)
+
+
+def _prune_zero_scores(q, N, target, bits, lam, gamma, rho_max, equality, tol, method) -> PruningResult:
+    """`prune` with some q_k = 0 (γ > 0): those layers at ρ_max (the limit of Eq 15), the q > 0
+    layers solved for the rest of the target (see `prune`)."""
+    zero = q == 0.0
+    NZ, NP, total = float(N[zero].sum()), float(N[~zero].sum()), float(N.sum())
+    need = target * total
+    rho = np.empty(q.size)
+    iters = 0
+    if equality and need < rho_max * NZ:       # zero-score layers alone exceed the target: any split
+        rho[~zero], rho[zero], tau = 0.0, need / NZ, 0.0
+    else:
+        rest = min(rho_max, max(0.0, need - rho_max * NZ) / NP)
+        sub = prune(q[~zero], N[~zero], rest, bits=bits, lam=lam, gamma=gamma, rho_max=rho_max,
+                    equality=equality, tol=tol, method=method)
+        rho[~zero], rho[zero], tau, iters = sub.rho, rho_max, sub.tau, sub.iterations
+    return _result(rho, tau, method, iters, q, N, target, bits, lam, gamma, rho_max, equality)
 
 
 def _scalars(target, bits, lam, gamma, rho_max):

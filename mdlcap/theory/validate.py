@@ -33,7 +33,17 @@ def vector(x, name: str, *, positive: bool = False, allow_scalar_len: int | None
 
 
 def scores(q, name: str = "q") -> np.ndarray:
-    a = vector(q, name)
+    """Scores as the programs take them: finite, every q_k ≥ 0, at least one > 0 (METHOD.md §1).
+    q_k = 0 is a layer with no positive gain (each program takes it as the limit of its closed
+    form); a negative entry is rejected: the one place that maps negative scores to 0 is
+    `mdlcap.theory.programs.scores_from_gains`."""
+    try:
+        a = vector(q, name)
+    except ValueError as e:
+        if "must be >= 0" not in str(e):
+            raise
+        raise ValueError(f"{e}; a program takes scores >= 0: map negative scores to 0 with "
+                         "scores_from_gains (a layer with no positive gain gets no capacity)") from None
     if not a.sum() > 0:
         raise ValueError(f"{name}: must not be all zero (scores need some positive gain)")
     return a
