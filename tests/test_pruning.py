@@ -158,12 +158,12 @@ SIZES = np.array([100, 300, 200, 400, 250, 150])
 Q = np.array([0.05, 0.30, 0.10, 0.25, 0.20, 0.10])
 
 
-@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7, 0.8, 0.95])
 def test_ratio_methods_hit_the_global_target(target):
     out = {
         "uniform": P.uniform_ratios(SIZES, target),
         "owl": P.owl_ratios(Q[::-1], SIZES, target, lam=0.08),
-        "layerif": P.layerif_ratios(Q, SIZES, target, epsilon=0.1),
+        "layerif": P.layerif_ratios(Q, SIZES, target),
         "mdl_eq": P.mdl_ratios(Q, SIZES, target, rho_max=1.0, equality=True),
     }
     for name, r in out.items():
@@ -173,9 +173,9 @@ def test_ratio_methods_hit_the_global_target(target):
 
 def test_ratio_directions():
     s = 0.5
-    lif = P.layerif_ratios(Q, SIZES, s, epsilon=0.1)
+    lif = P.layerif_ratios(Q, SIZES, s)
     assert np.argmin(lif) == np.argmax(Q) and np.argmax(lif) == np.argmin(Q)   # important layers pruned less
-    assert lif.max() / lif.min() == pytest.approx(1.1 / 0.9)
+    assert lif.max() / lif.min() == pytest.approx(1.3 / 0.7)                   # epsilon = 0.3 (the references)
     outl = np.array([0.01, 0.02, 0.05, 0.03, 0.04, 0.02])
     owl = P.owl_ratios(outl, SIZES, s, lam=0.08)
     assert np.argmin(owl) == np.argmax(outl)
@@ -183,6 +183,41 @@ def test_ratio_directions():
     eq = P.mdl_ratios(Q, np.full(6, 10.0), 0.2, rho_max=1.0, equality=True)   # no layer clips at 0.2
     assert eq.max() < 1
     np.testing.assert_allclose(eq / eq.sum(), (1 / Q) / (1 / Q).sum(), rtol=1e-6)  # ρ ∝ N q^{-γ}
+
+
+def _ww_sparsity(metric, prunables, sparsity, epsilon):
+    """AlphaPruning's ww_sparsity restated: min-max map of the metric to [1-eps, 1+eps], times one scaler."""
+    m = np.asarray(metric, float)
+    r = (m - m.min()) / (m.max() - m.min()) * (2 * epsilon) + (1 - epsilon)
+    return r * np.sum(prunables) * sparsity / np.sum(prunables * r)
+
+
+def test_layerif_ratios_follow_the_reference_map():
+    """Below the 0.99 cap: AlphaPruning's map on the metric m = -score, exactly; invariant to the
+    score's scale and offset, so signed scores (a harmful layer's negative LayerIF sum) are fine."""
+    assert P.layerif_ratios(Q, SIZES, 0.5).tolist() == pytest.approx(_ww_sparsity(-Q, SIZES, 0.5, 0.3).tolist(), abs=1e-12)
+    signed = 7.0 * Q - 1.0                                  # some entries negative
+    assert signed.min() < 0
+    np.testing.assert_allclose(P.layerif_ratios(signed, SIZES, 0.5), P.layerif_ratios(Q, SIZES, 0.5), atol=1e-12)
+    np.testing.assert_allclose(P.layerif_ratios(np.full(6, -1.0), SIZES, 0.5), 0.5)   # constant score: uniform
+    np.testing.assert_allclose(P.layerif_ratios(Q, SIZES, 0.5, epsilon=0.0), 0.5)
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9])
+def test_layerif_ratios_clip_and_redistribute_at_high_sparsity(target):
+    """Where s(1+eps) > 0.99 the reference (LayerIF) clips at 0.99 and misses the target; here the
+    clipped layers stay at 0.99 and the others are scaled up until the global sparsity is s."""
+    ref = _ww_sparsity(-Q, SIZES, target, 0.3)
+    assert ref.max() > P.LAYERIF_CAP
+    lif = P.layerif_ratios(Q, SIZES, target)
+    assert lif.max() == P.LAYERIF_CAP and P.global_sparsity(lif, SIZES) == pytest.approx(target, abs=1e-12)
+    assert P.global_sparsity(np.minimum(ref, 0.99), SIZES) < target - 1e-3      # what the reference prunes
+    free = lif < P.LAYERIF_CAP
+    assert free.sum() >= 2 and np.ptp(lif[free] / ref[free]) < 1e-12 and (lif[free] > ref[free]).all()
+    assert (lif[~free] == P.LAYERIF_CAP).all() and (ref[~free] >= ref[free].max()).all()
+    assert (np.diff(lif[np.argsort(ref)]) >= 0).all()                         # the reference's order kept
+    with pytest.raises(ValueError, match="cap"):
+        P.layerif_ratios(Q, SIZES, 0.995)
 
 
 def test_paper_mdl_is_uniform_at_rho_max_with_raw_sizes():
@@ -207,7 +242,7 @@ def test_bad_inputs_name_the_argument(model, batches):
         P.uniform_ratios(SIZES, 1.2)
     with pytest.raises(ValueError, match="sizes"):
         P.layerif_ratios(Q, SIZES[:3], 0.5)
-    with pytest.raises(ValueError, match="q"):
+    with pytest.raises(ValueError, match="score"):
         P.layerif_ratios([np.nan] * 6, SIZES, 0.5)
 
 

@@ -41,5 +41,6 @@ from mdlcap.interventions.pruning.masks import (  # noqa: F401
     magnitude_mask, nm_mask, wanda_mask, wanda_metric)
 from mdlcap.interventions.pruning.pruners import PRUNERS, prune_model  # noqa: F401
 from mdlcap.interventions.pruning.ratios import (  # noqa: F401
-    RATIO_METHODS, layerif_ratios, mdl_ratios, outlier_ratios, owl_ratios, uniform_ratios)
+    LAYERIF_CAP, RATIO_METHODS, layerif_ratios, mdl_ratios, outlier_ratios, owl_ratios, scale_to_target,
+    uniform_ratios)
 from mdlcap.interventions.pruning.sparsegpt import sparsegpt_prune_  # noqa: F401
