@@ -40,6 +40,7 @@ from mdlcap.scores.diag_fisher import gains_diag_fisher
 from mdlcap.scores.kfac import gains_kfac
 from mdlcap.scores.newton import gains_cg
 from mdlcap.scores.operators import CURVATURES
+from mdlcap.scores.streaming import block_groups, grad_only_for, params_of
 
 METHODS = ("cg", "diag_fisher", "kfac", "ekfac", "grad_norm")
 # scores.csv method names (the one list): method/curvature -> column value, then LayerIF's two pools
@@ -67,13 +68,24 @@ def layer_gains(model: nn.Module, batches, *, method: str = "cg", curvature: str
                 damping: float = 1e-3, blocks=None, loss_fn: Callable | None = None,
                 max_iter: int = 50, tol: float = 1e-6, cache_graphs: bool = True,
                 progress: bool = True, return_steps: bool = False,
-                fisher_granularity: str = "sample", max_damping_raises: int = 12) -> Gains:
+                fisher_granularity: str = "sample", max_damping_raises: int = 12,
+                group_size: int | None = None, max_group_bytes: int | None = None) -> Gains:
     """ζ_k² = g_kᵀ (H_kk + λI)⁻¹ g_k for every block k (Eq 8), for the mean loss over `batches`.
 
     method: "cg" (curvature "ggn" or "hessian"), "diag_fisher", "kfac", "ekfac", "grad_norm".
     blocks: None (one per decoder layer), "attn_mlp", or {name: [params] | nn.Module}.
     loss_fn(model, batch) -> loss or (loss, outputs); default model(**batch).loss (and .logits
     as the outputs the Gauss–Newton matrix linearises).
+
+    Streaming (METHOD.md §1): the blocks are scored in consecutive groups, each group by its own
+    passes over the batches, so the working memory (accumulators, factors, eigenvectors, CG
+    vectors) is that of one group, not of the model. group_size=m: m blocks per group;
+    max_group_bytes=b: as many blocks per group as fit b bytes by `streaming.working_bytes`'
+    estimate (a block larger than b alone); neither (default): one group, all blocks in the
+    same passes. The scores do not depend on the grouping (g_k and H_kk are the mean loss's
+    whatever else is scored); the cost does: G groups make G× the passes of one (memory traded
+    for passes). Every block's diagnostics say which group scored it ("group") and how many
+    there were ("n_groups").
     """
     if method not in METHODS:
         raise ValueError(f"method: must be one of {list(METHODS)}, got {method!r}")
@@ -92,19 +104,29 @@ def layer_gains(model: nn.Module, batches, *, method: str = "cg", curvature: str
     batches = ag.check_batches(batches)
     blk = resolve_blocks(model, blocks)
     damping = float(damping)
-    steps = None
-    if method == "cg":
-        gains, diags, steps = gains_cg(model, batches, blk, curvature=curvature, damping=damping, loss_fn=loss_fn,
-                                       max_iter=max_iter, tol=tol, cache_graphs=cache_graphs, progress=progress,
-                                       return_steps=return_steps, max_damping_raises=max_damping_raises)
-    elif method == "diag_fisher":
-        gains, diags = gains_diag_fisher(model, batches, blk, damping=damping, loss_fn=loss_fn,
+    groups = block_groups(model, blk, method, batches, max_group_bytes=max_group_bytes, group_size=group_size,
+                          curvature=curvature, cache_graphs=cache_graphs)
+    gains, diags, steps = {}, {}, ({} if (method == "cg" and return_steps) else None)
+    for gi, blk in enumerate(groups):
+        s = None
+        with grad_only_for(model, params_of(blk)):
+            if method == "cg":
+                g, d, s = gains_cg(model, batches, blk, curvature=curvature, damping=damping, loss_fn=loss_fn,
+                                   max_iter=max_iter, tol=tol, cache_graphs=cache_graphs, progress=progress,
+                                   return_steps=return_steps, max_damping_raises=max_damping_raises)
+            elif method == "diag_fisher":
+                g, d = gains_diag_fisher(model, batches, blk, damping=damping, loss_fn=loss_fn,
                                          progress=progress, granularity=fisher_granularity)
-    elif method in ("kfac", "ekfac"):
-        gains, diags = gains_kfac(model, batches, blk, damping=damping, loss_fn=loss_fn, progress=progress,
+            elif method in ("kfac", "ekfac"):
+                g, d = gains_kfac(model, batches, blk, damping=damping, loss_fn=loss_fn, progress=progress,
                                   eigen_corrected=(method == "ekfac"))
-    else:  # grad_norm: ‖g_k‖²
-        gains, diags = gains_grad_norm(model, batches, blk, loss_fn=loss_fn, progress=progress)
+            else:  # grad_norm: ‖g_k‖²
+                g, d = gains_grad_norm(model, batches, blk, loss_fn=loss_fn, progress=progress)
+        gains.update(g)
+        for k in blk:
+            diags[k] = {**d.get(k, {}), "group": gi, "n_groups": len(groups)}
+        if steps is not None and s is not None:
+            steps.update(s)
     for k, v in gains.items():
         if not math.isfinite(v):
             raise FloatingPointError(f"layer_gains: non-finite ζ² for block '{k}' ({method}); check the loss and damping")
