@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 
 from mdlcap.models import fingerprint_batches, fingerprint_model
 from mdlcap.scores import autograd as ag
-from mdlcap.scores import influence
 from mdlcap.scores.blocks import Gains, resolve_blocks
 from mdlcap.scores.newton import applied_step, block_quadratic
 from mdlcap.scores.registry import SCORE_METHODS, ZETA2_METHODS, cached_gains, layer_gains, score_method_name
 from mdlcap.study.measure import measure
+from mdlcap.study import layerif
 
 LAYERIF_POOLS = ("layerif_all", "layerif_pos")
 DIAGNOSTIC_KEYS = ("iterations", "rel_residual", "damping_used", "damping_raises", "ritz_min_H", "ritz_max_H",
@@ -69,14 +69,18 @@ def take_samples(batches, n: int) -> list[dict]:
     return out
 
 
-def layerif_samples(params, tokenizer, task: str) -> tuple[list[dict], list[dict]]:
-    """(train, validation) samples LayerIF is computed on: scoring.layerif_train / layerif_val samples."""
+def layerif_samples(params, tokenizer, task: str) -> layerif.LayerIFData:
+    """What LayerIF is computed on (`mdlcap.study.layerif`): scoring.layerif_train / layerif_val
+    samples, and the task's whole training split (scoring batches) to fine-tune its LoRA on.
+    Unpacks as (train, validation)."""
     sp = params.scoring
     train = take_samples(scoring_batches(params, tokenizer, task, "train",
                                          n_batches=-(-sp.layerif_train // sp.batch_size)), sp.layerif_train)
     val = take_samples(scoring_batches(params, tokenizer, task, "validation",
                                        n_batches=-(-sp.layerif_val // sp.batch_size)), sp.layerif_val)
-    return train, val
+    fin = [] if task == "calibration" else scoring_batches(params, tokenizer, task, "train",
+                                                           n_batches=-(-params.data.n_train // sp.batch_size))
+    return layerif.with_lora_setup(params, task, train, val, fin or None)
 
 
 def gradient_pass(model, batches, loss_fn=None) -> None:
@@ -141,18 +145,22 @@ def score_batches(model, sp, task: str, methods, batches, layerif_data=None, *, 
     if pools:
         if layerif_data is None:
             raise ValueError("layerif_data: the (train, validation) samples are needed for LayerIF")
-        train, val = layerif_data
+        lif = layerif.as_layerif_data(layerif_data, sp)
+        train, val = lif
 
-        def compute_if():
-            inf, dt, mem = measure(lambda: influence.layer_influence(
-                model, train, val, blocks=blocks, damping_scale=sp.layerif_damping_scale, progress=progress))
+        def compute_if():            # DataInf on the LoRA of a LoRA fine-tune of the task (mdlcap.study.layerif)
+            (inf, lmeta), dt, mem = measure(lambda: layerif.layerif_influence(
+                model, lif, damping_scale=sp.layerif_damping_scale, model_key=model_key, use_cache=use_cache,
+                progress=progress))
             meta = {"seconds": dt, "peak_bytes": mem, "grad_pass_seconds": unit(train + val),
-                    "n_batches": len(train) + len(val), "n_sequences": sum(ag.batch_size_of(b) for b in train + val)}
+                    "n_batches": len(train) + len(val), "n_sequences": sum(ag.batch_size_of(b) for b in train + val),
+                    **lmeta}
             both = {p: Gains(inf.layer_scores(p[8:]), {k: {"influence_sum": v} for k, v in inf.layer_sums(p[8:]).items()},
                              method=p, damping=0.0, meta=meta) for p in LAYERIF_POOLS}
             return Gains({}, {}, method="layerif", meta={"pools": {k: v.to_json() for k, v in both.items()}})
 
-        res = cached("layerif", train + val, compute_if, {"damping_scale": sp.layerif_damping_scale})
+        res = cached("layerif", train + val, compute_if, {"damping_scale": sp.layerif_damping_scale,
+                                                          "lora": lif.lora_spec()})
         for p in pools:
             out[p] = Gains.from_json(res.meta["pools"][p])
     return out
