@@ -1,6 +1,7 @@
 """K-FAC's accumulators (scores.kfac.KfacHooks): a weight-sized S only for EK-FAC, an input factor
 A only for modules that own their input (k/v reuse q's, up reuses gate's), the same on processes
-that hold no batch; and bench/bench_scoring_memory.py end to end at minimal size."""
+that hold no batch; and bench/bench_scoring_memory.py end to end at minimal size (streaming's
+memory test: tests/test_scores_streaming.py)."""
 from __future__ import annotations
 
 import importlib.util
@@ -128,8 +129,15 @@ def test_bench_scoring_memory_minimal(tmp_path):
     spec.loader.exec_module(mod)
     out = tmp_path / "mem.json"
     res = mod.main(["--hidden", "32", "--vocab", "64", "--depths", "1", "2", "--seqs", "1", "--seq-len", "8",
-                    "--inprocess", "--out", str(out)])
-    assert {(r["method"], r["depth"]) for r in res["rows"]} == {(m, d) for m in mod.METHODS for d in (1, 2)}
-    assert all(r["finite"] and r["seconds"] > 0 and r["peak_bytes"] >= 0 for r in res["rows"])
-    assert set(res["slope_bytes_per_layer"]) == set(mod.METHODS)
+                    "--methods", *mod.METHODS, "--threads", "1", "--inprocess", "--out", str(out)])
+    want = {(m, d, g) for m in mod.METHODS for d in (1, 2) for g in mod.GROUPINGS}
+    assert {(r["method"], r["depth"], r["grouping"]) for r in res["rows"]} == want
+    assert all(r["finite"] and r["seconds"] > 0 and r["peak_bytes"] >= 0 and r["est_group_bytes"] > 0
+               for r in res["rows"])
+    assert all(r["n_groups"] == (r["depth"] if r["grouping"] == "one" else 1) for r in res["rows"])
+    assert set(res["slope_bytes_per_layer"]) == {f"{m}/{g}" for m in mod.METHODS for g in mod.GROUPINGS}
     assert json.loads(out.read_text())["rows"] and out.with_suffix(".md").read_text().startswith("| method")
+    att = mod.main(["--hidden", "32", "--vocab", "64", "--depths", "2", "--seqs", "1", "--seq-len", "8",
+                    "--methods", "kfac", "--groupings", "one", "--blocks", "attn", "--threads", "1", "--inprocess",
+                    "--out", str(tmp_path / "attn.json")])
+    assert [(r["blocks"], r["n_groups"]) for r in att["rows"]] == [("attn", 2)]
