@@ -36,7 +36,8 @@ CODE_VERSIONS = {
     "corpus": "4",       # the pretraining corpus and its split (the default model's key follows)
     "models": "2",       # pretraining recipe of the embedded default model
     "data": "6",         # the generated task splits and text splits
-    "scores": "2",       # per-layer gains and influence scores (2: LayerIF on a LoRA, DataInf per tensor, no offset)
+    "scores": "3",       # per-layer gains and influence scores (2: LayerIF on a LoRA, DataInf per tensor, no offset;
+                         # 3: diag_fisher/kfac/ekfac = true Fisher of the mean loss over loss tokens)
     "finetune": "1",     # one fine-tuning cell (task, allocation, seed)
     "pruning": "1",      # one pruning configuration's evaluation
     "precision": "3",    # CAQ: trained weights and per-(model, seed) study tables

@@ -190,7 +190,7 @@ def test_diag_fisher_and_grad_norm_formulas():
     net, batches = _mlp(), _mlp_batches()
     lam = 1e-3
     df = layer_gains(net, batches, method="diag_fisher", damping=lam, blocks=_blocks(net), loss_fn=_mlp_loss,
-                       progress=False)
+                       progress=False, fisher="empirical")
     gn = layer_gains(net, batches, method="grad_norm", blocks=_blocks(net), loss_fn=_mlp_loss, progress=False)
     for name, block in _blocks(net).items():
         g = _mean_grad(net, batches, block)
@@ -202,13 +202,15 @@ def test_diag_fisher_and_grad_norm_formulas():
 
 
 def test_kfac_and_ekfac_formulas():
-    """K-FAC: A = E[a aᵀ], G = E[(Bδ)(Bδ)ᵀ] (δ of the batch-mean loss); EK-FAC: eigenvalues refitted
-    to per-sample gradients in the Kronecker eigenbasis. Recomputed here with explicit per-sample loops."""
+    """Empirical Fisher, one loss term per sample: K-FAC A = E[a aᵀ], G = E[(Bδ)(Bδ)ᵀ] (δ of the
+    batch-mean loss, so Bδ is the sample's own loss gradient); EK-FAC: eigenvalues refitted to
+    per-sample gradients in the Kronecker eigenbasis. Recomputed here with explicit per-sample loops."""
     net, batches = _mlp(), _mlp_batches()
     lam = 1e-3
-    kf = layer_gains(net, batches, method="kfac", damping=lam, blocks=_blocks(net), loss_fn=_mlp_loss, progress=False)
+    kf = layer_gains(net, batches, method="kfac", damping=lam, blocks=_blocks(net), loss_fn=_mlp_loss, progress=False,
+                     fisher="empirical")
     ek = layer_gains(net, batches, method="ekfac", damping=lam, blocks=_blocks(net), loss_fn=_mlp_loss,
-                       progress=False)
+                       progress=False, fisher="empirical")
     layers = [net[0], net[2], net[4]]
     for name, lin in zip(_blocks(net), layers):
         A = torch.zeros(lin.in_features, lin.in_features, dtype=torch.float64)

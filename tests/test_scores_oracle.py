@@ -4,13 +4,18 @@ curvlinops' GGNLinearOperator / HessianLinearOperator restricted to the same par
 K-FAC / EK-FAC ζ² must equal ζ² computed from curvlinops' KFACLinearOperator / EKFACLinearOperator
 (empirical Fisher, KFAC-expand) up to a pinned convention.
 
-The convention difference pinned here (today's code, which issue 14 will change): our G factor and
-EK-FAC eigenvalues are those of the per-SAMPLE loss (each sample's mean over its loss terms), while
-curvlinops' are those of the per-loss-TERM loss, which is the Fisher of the mean loss the study
-scores. With R loss terms per sample (R = C outputs for MSE mean, R = tokens for a sequence, 1 for
-cross-entropy on vectors), K_ours = K_curvlinops / R, hence
+Conventions pinned here (scores.fisher, scores.kfac): our Fisher is that of the mean loss over all
+loss terms, from per-sequence gradients of the token-SUM loss / M; K-FAC-expand with A and G summed
+over the loss positions. curvlinops' KFAC-expand with loss_average "batch+sequence" is the same
+matrix when every position of a sequence carries a loss (the decoder data below feed the model
+ids[:, :-1] with targets ids[:, 1:], so they do), hence the natural relation
 
-    ζ²_ours(λ) = gᵀ(K_cl / R + λI)⁻¹ g = R · gᵀ(K_cl + RλI)⁻¹ g.
+    ζ²_ours(λ) = gᵀ(K_cl + λI)⁻¹ g        (decoder next-token cross-entropy; cross-entropy on vectors)
+
+One difference remains and is pinned: a custom loss_fn has one loss term per SAMPLE, while
+curvlinops counts MSE-mean's C outputs as C terms (R = C), so for MSE K_ours = K_cl / R and
+ζ²_ours(λ) = R · gᵀ(K_cl + RλI)⁻¹ g. The true Fisher (labels drawn from the model) is checked
+against curvlinops' exact expectation (FisherType.TYPE2) on the MLP, averaging many draws.
 """
 from __future__ import annotations
 
@@ -146,9 +151,8 @@ def test_block_operator_matches_curvlinops_on_decoder(curvature):
 
 
 # ----------------------------------------------------------------------------- K-FAC and EK-FAC
-def _kfac_zeta2_cl(op_cls, model, crit, params, data, R):
-    K = _dense_cl(op_cls, model, crit, params, data, fisher_type=FisherType.EMPIRICAL,
-                  kfac_approx=KFACType.EXPAND)
+def _kfac_zeta2_cl(op_cls, model, crit, params, data, R, fisher_type=FisherType.EMPIRICAL):
+    K = _dense_cl(op_cls, model, crit, params, data, fisher_type=fisher_type, kfac_approx=KFACType.EXPAND)
     return R * _zeta2(K, _mean_grad(model, crit, params, data), R * DAMPING)
 
 
@@ -158,8 +162,8 @@ def test_kfac_matches_curvlinops_on_mlp(method, op_cls, kind, n_out):
     model, data = _mlp(n_out), _mlp_data(kind, n_out)
     blocks = {f"w{i}": [model[i].weight] for i in (0, 2, 4)}     # Linear weights: all Kronecker-factored
     ours = layer_gains(model, _as_batches(data), method=method, damping=DAMPING, blocks=blocks,
-                       loss_fn=_our_loss_fn(kind), progress=False)
-    R = n_out if kind == "mse" else 1        # loss terms per sample: MSE mean averages over the C outputs
+                       loss_fn=_our_loss_fn(kind), progress=False, fisher="empirical")
+    R = n_out if kind == "mse" else 1        # curvlinops' loss terms per sample (ours: one per sample)
     for name, (w,) in blocks.items():
         ref = _kfac_zeta2_cl(op_cls, model, _criterion(kind), [w], data, R)
         assert ours[name] == pytest.approx(ref, rel=1e-7), (name, ours[name], ref)
@@ -170,20 +174,58 @@ def test_kfac_matches_curvlinops_on_mlp(method, op_cls, kind, n_out):
         assert abs(ours["w4"] / ref1 - 1) > 1e-3
 
 
+def _ce_sampling_loss_fn():
+    """Cross-entropy loss_fn that can draw its labels from the model (the true Fisher's protocol)."""
+    def loss_fn(model, batch, sample=None):
+        z = model(batch["x"])
+        y = batch["y"] if sample is None else torch.multinomial(torch.softmax(z.detach(), -1), 1,
+                                                                generator=sample).squeeze(-1)
+        return nn.functional.cross_entropy(z, y), z
+    return loss_fn
+
+
+@pytest.mark.parametrize("method", ["kfac", "ekfac"])
+def test_true_fisher_kfac_matches_curvlinops_expectation_on_mlp(method):
+    """Labels drawn from the model, averaged over many draws -> curvlinops' exact expectation
+    (TYPE2: the loss Hessian's square root backpropagated). Monte-Carlo tolerance."""
+    model, data = _mlp(4), _mlp_data("ce", 4)
+    blocks = {f"w{i}": [model[i].weight] for i in (0, 2, 4)}
+    ours = layer_gains(model, _as_batches(data), method=method, damping=DAMPING, blocks=blocks,
+                       loss_fn=_ce_sampling_loss_fn(), progress=False, fisher="true", fisher_samples=400)
+    op_cls = KFACLinearOperator if method == "kfac" else EKFACLinearOperator
+    for name, (w,) in blocks.items():
+        ref = _kfac_zeta2_cl(op_cls, model, nn.CrossEntropyLoss(), [w], data, 1, FisherType.TYPE2)
+        emp = _kfac_zeta2_cl(op_cls, model, nn.CrossEntropyLoss(), [w], data, 1)
+        assert ours[name] == pytest.approx(ref, rel=0.05), (name, ours[name], ref, emp)
+
+
 def test_kfac_matches_curvlinops_on_decoder():
     """Per decoder Linear weight; q/k/v share q's input factor in our code (same input, so the
-    same A). R = T - 1 next-token loss terms per sequence. (curvlinops' EKFACLinearOperator takes
-    2-d outputs only, so EK-FAC is checked on the MLPs.)"""
+    same A). Every position the model sees carries a loss (curvlinops gets ids[:, :-1] -> ids[:, 1:]),
+    so our loss-position factors are curvlinops' all-position ones: no R. (curvlinops'
+    EKFACLinearOperator takes 2-d outputs only, so EK-FAC is checked on the MLPs.)"""
     method, op_cls = "kfac", KFACLinearOperator
     model, batches, data = _decoder()
-    T = batches[0]["input_ids"].shape[1]
+    data = [(ids[:, :-1], y) for (ids, y) in data]
     layer = decoder_layers(model)[1]
     mods = {"q": layer.self_attn.q_proj, "v": layer.self_attn.v_proj, "o": layer.self_attn.o_proj,
             "up": layer.mlp.up_proj, "down": layer.mlp.down_proj}
     blocks = {k: [m.weight] for k, m in mods.items()}
     with eager_attention(model):
-        ours = layer_gains(model, batches, method=method, damping=DAMPING, blocks=blocks, progress=False)
-        wrapped, crit = _ShiftedLogits(model), nn.CrossEntropyLoss()
+        ours = layer_gains(model, batches, method=method, damping=DAMPING, blocks=blocks, progress=False,
+                           fisher="empirical")
+        wrapped, crit = _AllLogits(model), nn.CrossEntropyLoss()
         for name, m in mods.items():
-            ref = _kfac_zeta2_cl(op_cls, wrapped, crit, [m.weight], data, T - 1)
+            ref = _kfac_zeta2_cl(op_cls, wrapped, crit, [m.weight], data, 1)
             assert ours[name] == pytest.approx(ref, rel=1e-4), (name, ours[name], ref)
+
+
+class _AllLogits(nn.Module):
+    """ids (B, T-1) -> (B, V, T-1) logits at every position (each predicts the next token)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids):
+        return self.model(input_ids=ids).logits.permute(0, 2, 1)

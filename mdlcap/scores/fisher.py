@@ -48,13 +48,13 @@ __all__ = ["FISHERS", "FISHER_SEED", "check_fisher", "batch_generator", "loss_po
            "batch_losses"]
 
 
-def check_fisher(fisher: str, loss_fn, mc_samples: int) -> None:
+def check_fisher(fisher: str, loss_fn, mc_samples: int, samples_name: str = "mc_samples") -> None:
     """ValueError unless `fisher` is one of FISHERS, mc_samples an integer >= 1, and a custom
     loss_fn can draw labels when the true Fisher is asked for."""
     if fisher not in FISHERS:
         raise ValueError(f"fisher: must be one of {list(FISHERS)}, got {fisher!r}")
     if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-        raise ValueError(f"mc_samples: must be an integer >= 1, got {mc_samples!r}")
+        raise ValueError(f"{samples_name}: must be an integer >= 1, got {mc_samples!r}")
     if fisher == "true" and loss_fn is not None:
         try:
             ok = "sample" in inspect.signature(loss_fn).parameters

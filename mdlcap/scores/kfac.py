@@ -353,7 +353,8 @@ def kfac_factors(model, batches, blocks, *, fisher: str = "true", loss_fn=None, 
     def fisher_backward(loss, retain, first):
         with_g = fisher == "empirical" and first          # empirical: S_b = M_b · L_b gives g as well
         head = all_params if with_g else others
-        wrt = head + [t for t in hooks.targets.values() if id(t) not in pids]
+        have = pids if with_g else {id(p) for p in others}
+        wrt = head + [t for t in hooks.targets.values() if id(t) not in have]
         hooks.record_grads = True
         try:
             gs = ag.grads(loss, wrt, retain_graph=retain)
