@@ -13,14 +13,9 @@ Methods (METHODS; scores.csv names in SCORE_METHODS)
                matrix Jᵀ ∇²ℓ J ("ggn", PSD) or the exact Hessian ("hessian"; indefinite, so the
                damping is raised until CG sees positive curvature and the damping used is reported)
                (scores.newton, scores.operators, scores.cg)
-  diag_fisher  diagonal Fisher of the mean loss, (1/M) Σ_i (∇S_i)² with S_i sequence i's token-SUM
-               loss and M the loss tokens of all batches (scores.diag_fisher; conventions scores.fisher)
-  kfac         K-FAC-expand factors A = (1/M) Σ_t a aᵀ, G = (1/M) Σ_t g gᵀ over loss tokens per
-               nn.Linear (other parameters: diagonal)
-  ekfac        K-FAC eigenbasis with eigenvalues re-fitted to per-sequence gradients (George et al. 2018)
-               fisher="true" (default): labels drawn from the model at every
-               loss token (unbiased for the GGN); "empirical": the batch's labels. fisher_samples:
-               draws per loss token (true Fisher).
+  diag_fisher  diagonal empirical Fisher E_i[g_i ⊙ g_i] from per-sample gradients (scores.diag_fisher)
+  kfac         Kronecker factors A = E[a aᵀ], G = E[δ δᵀ] per nn.Linear (other parameters: diagonal)
+  ekfac        K-FAC eigenbasis with eigenvalues re-fitted to per-sample gradients (George et al. 2018)
                (both scores.kfac)
   grad_norm    ‖g_k‖² (the baseline the paper says ζ² dominates)
 LayerIF (layerif_all, layerif_pos) is not a ζ² surrogate: see scores.influence.
@@ -42,10 +37,9 @@ from mdlcap import cache
 from mdlcap.scores import autograd as ag
 from mdlcap.scores.blocks import Gains, resolve_blocks
 from mdlcap.scores.diag_fisher import gains_diag_fisher
-from mdlcap.scores.fisher import check_fisher
 from mdlcap.scores.kfac import gains_kfac
 from mdlcap.scores.newton import gains_cg
-from mdlcap.scores.operators import CURVATURES
+from mdlcap.scores.operators import CURVATURES, PRECONDITIONERS
 from mdlcap.scores.streaming import block_groups, grad_only_for, params_of
 
 METHODS = ("cg", "diag_fisher", "kfac", "ekfac", "grad_norm")
@@ -75,14 +69,17 @@ def layer_gains(model: nn.Module, batches, *, method: str = "cg", curvature: str
                 max_iter: int = 50, tol: float = 1e-6, cache_graphs: bool = True,
                 progress: bool = True, return_steps: bool = False,
                 fisher_granularity: str = "sample", max_damping_raises: int = 12,
-                fisher: str = "true", fisher_samples: int = 1,
-                group_size: int | None = None, max_group_bytes: int | None = None) -> Gains:
+                group_size: int | None = None, max_group_bytes: int | None = None,
+                preconditioner: str = "none", shared_damping: bool = True) -> Gains:
     """ζ_k² = g_kᵀ (H_kk + λI)⁻¹ g_k for every block k (Eq 8), for the mean loss over `batches`.
 
     method: "cg" (curvature "ggn" or "hessian"), "diag_fisher", "kfac", "ekfac", "grad_norm".
     blocks: None (one per decoder layer), "attn_mlp", or {name: [params] | nn.Module}.
     loss_fn(model, batch) -> loss or (loss, outputs); default model(**batch).loss (and .logits
     as the outputs the Gauss–Newton matrix linearises).
+    cg only: preconditioner "none" | "diag" | "kfac" (PCG, scores.newton.gains_cg: the same
+    solution in fewer iterations); shared_damping: the exact Hessian's raised damping is one λ for
+    all blocks of the call (the largest any block needs, across groups too).
 
     Streaming (METHOD.md §1): the blocks are scored in consecutive groups, each group by its own
     passes over the batches, so the working memory (accumulators, factors, eigenvectors, CG
@@ -104,8 +101,8 @@ def layer_gains(model: nn.Module, batches, *, method: str = "cg", curvature: str
         raise ValueError(f"max_iter: must be an integer >= 1, got {max_iter!r}")
     if not (isinstance(tol, (int, float)) and tol >= 0):
         raise ValueError(f"tol: must be >= 0, got {tol!r}")
-    if method in ("diag_fisher", "kfac", "ekfac"):
-        check_fisher(fisher, loss_fn, fisher_samples, "fisher_samples")
+    if preconditioner not in PRECONDITIONERS:
+        raise ValueError(f"preconditioner: must be one of {list(PRECONDITIONERS)}, got {preconditioner!r}")
     if fisher_granularity not in ("sample", "batch"):
         raise ValueError(f"fisher_granularity: must be 'sample' or 'batch', got {fisher_granularity!r}")
     if loss_fn is not None and not callable(loss_fn):
@@ -122,14 +119,14 @@ def layer_gains(model: nn.Module, batches, *, method: str = "cg", curvature: str
             if method == "cg":
                 g, d, s = gains_cg(model, batches, blk, curvature=curvature, damping=damping, loss_fn=loss_fn,
                                    max_iter=max_iter, tol=tol, cache_graphs=cache_graphs, progress=progress,
-                                   return_steps=return_steps, max_damping_raises=max_damping_raises)
+                                   return_steps=return_steps, max_damping_raises=max_damping_raises,
+                                   preconditioner=preconditioner, shared_damping=bool(shared_damping))
             elif method == "diag_fisher":
                 g, d = gains_diag_fisher(model, batches, blk, damping=damping, loss_fn=loss_fn,
-                                         progress=progress, granularity=fisher_granularity, fisher=fisher,
-                                         mc_samples=fisher_samples)
+                                         progress=progress, granularity=fisher_granularity)
             elif method in ("kfac", "ekfac"):
                 g, d = gains_kfac(model, batches, blk, damping=damping, loss_fn=loss_fn, progress=progress,
-                                  eigen_corrected=(method == "ekfac"), fisher=fisher, mc_samples=fisher_samples)
+                                  eigen_corrected=(method == "ekfac"))
             else:  # grad_norm: ‖g_k‖²
                 g, d = gains_grad_norm(model, batches, blk, loss_fn=loss_fn, progress=progress)
         gains.update(g)
@@ -137,6 +134,22 @@ def layer_gains(model: nn.Module, batches, *, method: str = "cg", curvature: str
             diags[k] = {**d.get(k, {}), "group": gi, "n_groups": len(groups)}
         if steps is not None and s is not None:
             steps.update(s)
+    if method == "cg" and curvature == "hessian" and shared_damping and len(groups) > 1:
+        # one λ for all blocks across groups: re-solve the groups below the largest λ any block needed
+        lam = max(d["damping_needed"] for d in diags.values())
+        for gi, blk in enumerate(groups):
+            if min(diags[k]["damping_used"] for k in blk) < lam:
+                with grad_only_for(model, params_of(blk)):
+                    g, d, s = gains_cg(model, batches, blk, curvature=curvature, damping=lam, loss_fn=loss_fn,
+                                       max_iter=max_iter, tol=tol, cache_graphs=cache_graphs, progress=progress,
+                                       return_steps=return_steps, max_damping_raises=0,
+                                       preconditioner=preconditioner, shared_damping=False)
+                gains.update(g)
+                for k in blk:
+                    diags[k] = {**d[k], "damping_requested": damping, "damping_needed": diags[k]["damping_needed"],
+                                "damping_raises": diags[k]["damping_raises"], "group": gi, "n_groups": len(groups)}
+                if steps is not None and s is not None:
+                    steps.update(s)
     for k, v in gains.items():
         if not math.isfinite(v):
             raise FloatingPointError(f"layer_gains: non-finite ζ² for block '{k}' ({method}); check the loss and damping")
