@@ -13,9 +13,14 @@ Methods (METHODS; scores.csv names in SCORE_METHODS)
                matrix Jᵀ ∇²ℓ J ("ggn", PSD) or the exact Hessian ("hessian"; indefinite, so the
                damping is raised until CG sees positive curvature and the damping used is reported)
                (scores.newton, scores.operators, scores.cg)
-  diag_fisher  diagonal empirical Fisher E_i[g_i ⊙ g_i] from per-sample gradients (scores.diag_fisher)
-  kfac         Kronecker factors A = E[a aᵀ], G = E[δ δᵀ] per nn.Linear (other parameters: diagonal)
-  ekfac        K-FAC eigenbasis with eigenvalues re-fitted to per-sample gradients (George et al. 2018)
+  diag_fisher  diagonal Fisher of the mean loss, (1/M) Σ_i (∇S_i)² with S_i sequence i's token-SUM
+               loss and M the loss tokens of all batches (scores.diag_fisher; conventions scores.fisher)
+  kfac         K-FAC-expand factors A = (1/M) Σ_t a aᵀ, G = (1/M) Σ_t g gᵀ over loss tokens per
+               nn.Linear (other parameters: diagonal)
+  ekfac        K-FAC eigenbasis with eigenvalues re-fitted to per-sequence gradients (George et al. 2018)
+               fisher="true" (default): labels drawn from the model at every
+               loss token (unbiased for the GGN); "empirical": the batch's labels. fisher_samples:
+               draws per loss token (true Fisher).
                (both scores.kfac)
   grad_norm    ‖g_k‖² (the baseline the paper says ζ² dominates)
 LayerIF (layerif_all, layerif_pos) is not a ζ² surrogate: see scores.influence.
@@ -37,6 +42,7 @@ from mdlcap import cache
 from mdlcap.scores import autograd as ag
 from mdlcap.scores.blocks import Gains, resolve_blocks
 from mdlcap.scores.diag_fisher import gains_diag_fisher
+from mdlcap.scores.fisher import check_fisher
 from mdlcap.scores.kfac import gains_kfac
 from mdlcap.scores.newton import gains_cg
 from mdlcap.scores.operators import CURVATURES, PRECONDITIONERS
@@ -69,6 +75,7 @@ def layer_gains(model: nn.Module, batches, *, method: str = "cg", curvature: str
                 max_iter: int = 50, tol: float = 1e-6, cache_graphs: bool = True,
                 progress: bool = True, return_steps: bool = False,
                 fisher_granularity: str = "sample", max_damping_raises: int = 12,
+                fisher: str = "true", fisher_samples: int = 1,
                 group_size: int | None = None, max_group_bytes: int | None = None,
                 preconditioner: str = "none", shared_damping: bool = True) -> Gains:
     """ζ_k² = g_kᵀ (H_kk + λI)⁻¹ g_k for every block k (Eq 8), for the mean loss over `batches`.
@@ -103,6 +110,8 @@ def layer_gains(model: nn.Module, batches, *, method: str = "cg", curvature: str
         raise ValueError(f"tol: must be >= 0, got {tol!r}")
     if preconditioner not in PRECONDITIONERS:
         raise ValueError(f"preconditioner: must be one of {list(PRECONDITIONERS)}, got {preconditioner!r}")
+    if method in ("diag_fisher", "kfac", "ekfac"):
+        check_fisher(fisher, loss_fn, fisher_samples, "fisher_samples")
     if fisher_granularity not in ("sample", "batch"):
         raise ValueError(f"fisher_granularity: must be 'sample' or 'batch', got {fisher_granularity!r}")
     if loss_fn is not None and not callable(loss_fn):
@@ -123,10 +132,11 @@ def layer_gains(model: nn.Module, batches, *, method: str = "cg", curvature: str
                                    preconditioner=preconditioner, shared_damping=bool(shared_damping))
             elif method == "diag_fisher":
                 g, d = gains_diag_fisher(model, batches, blk, damping=damping, loss_fn=loss_fn,
-                                         progress=progress, granularity=fisher_granularity)
+                                         progress=progress, granularity=fisher_granularity, fisher=fisher,
+                                         mc_samples=fisher_samples)
             elif method in ("kfac", "ekfac"):
                 g, d = gains_kfac(model, batches, blk, damping=damping, loss_fn=loss_fn, progress=progress,
-                                  eigen_corrected=(method == "ekfac"))
+                                  eigen_corrected=(method == "ekfac"), fisher=fisher, mc_samples=fisher_samples)
             else:  # grad_norm: ‖g_k‖²
                 g, d = gains_grad_norm(model, batches, blk, loss_fn=loss_fn, progress=progress)
         gains.update(g)
