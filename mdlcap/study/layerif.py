@@ -23,6 +23,11 @@ LayerIF's public `compute_gradient` (github.com/HadiAskari/Expert_Allocation,
 LayerIF_Computation/lora_model_alpha.py) loads the base model without an adapter and takes the full
 self-attention weights of each layer, per tensor: that variant is `layer_influence` on the base
 model (kept as a labelled extra, not a scores.csv method).
+
+Also: the blocks are always the decoder layers (scoring.blocks = "attn_mlp" does not split LayerIF);
+the LoRA goes on a deep copy of the model (twice the model's memory while LayerIF runs); under a
+multi-process launch `finetune` trains it under DDP (identical adapters on every process) and
+DataInf's sums are all-reduced as in `layer_influence` (untested at more than one process here).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mdlcap import cache
-from mdlcap.interventions.finetune import finetune
+from mdlcap.interventions.finetune import finetune, make_accelerator
 from mdlcap.interventions.moe import DEFAULT_TARGETS
 from mdlcap.models import decoder_layers, fingerprint_batches, fingerprint_model
 from mdlcap.scores import influence
@@ -133,7 +138,9 @@ def lora_finetuned(model, data: LayerIFData, *, model_key: str | None = None, us
         fin = data.finetune_batches()
         seq = [fin[i % len(fin)] for i in range(int(data.steps))]
         t0 = time.perf_counter()
+        on_cpu = next(peft_model.parameters()).device.type == "cpu"
         losses = finetune(peft_model, seq, epochs=1, lr=float(data.lr), seed=int(data.seed),
+                          accelerator=make_accelerator("cpu" if on_cpu else "cuda"),
                           warmup_ratio=WARMUP_RATIO, progress=progress, desc="layerif lora")
         meta.update({"finetune_seconds": time.perf_counter() - t0, "loss_first": losses[0], "loss_last": losses[-1]})
         return lora_state(peft_model)
