@@ -1,6 +1,6 @@
 """scores.csv, the contract between notebook 02 and the programs of notebooks 03–05
 (METHOD.md §1, Eq 10): one row per (task, method, layer) with the score ζ_k² (or a method's
-stand-in for it) and q_k = score_k / Σ_j score_j on the simplex.
+stand-in for it) and q_k = max(score_k, 0) / Σ_j max(score_j, 0) on the simplex.
 
     df = scores_frame({(task, method): gains, ...})      # columns task, method, layer, score, q
     df = load_scores(run.root, task="cola", method="cg_ggn")
@@ -12,22 +12,27 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from mdlcap.theory.programs import scores_from_gains
+
 COLUMNS = ["task", "method", "layer", "score", "q"]
 
 
 def scores_frame(results: Mapping[tuple[str, str], Mapping[str, float]]):
-    """{(task, method): {block: score}} -> long DataFrame task, method, layer, score, q (Eq 10: q on the simplex)."""
+    """{(task, method): {block: score}} -> long DataFrame task, method, layer, score, q (Eq 10: q on
+    the simplex). `score` is kept as computed (signed for LayerIF); q comes from
+    `scores_from_gains`, the one place that maps a negative score to q = 0 (a layer with no
+    positive gain gets no capacity)."""
     import pandas as pd
     rows = []
     for (task, method), gains in results.items():
         vals = [float(v) for v in gains.values()]
-        if any(not math.isfinite(v) or v < 0 for v in vals):
-            raise ValueError(f"results: scores for ({task}, {method}) must be finite and >= 0")
-        tot = sum(vals)
-        if tot <= 0:
-            raise ValueError(f"results: scores for ({task}, {method}) are all zero; q is undefined")
+        if any(not math.isfinite(v) for v in vals):
+            raise ValueError(f"results: scores for ({task}, {method}) must be finite")
+        if not any(v > 0 for v in vals):
+            raise ValueError(f"results: scores for ({task}, {method}) have no positive entry (all zero or negative); q is undefined")
+        q = scores_from_gains(vals)
         for layer, v in enumerate(vals):
-            rows.append({"task": task, "method": method, "layer": layer, "score": v, "q": v / tot})
+            rows.append({"task": task, "method": method, "layer": layer, "score": v, "q": float(q[layer])})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

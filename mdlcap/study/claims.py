@@ -228,7 +228,8 @@ def _pruning_parity(r: Path) -> ClaimResult:
     ours = deg[(deg.model == "ours") & (deg.q != "uniform q")]
     # every MDL ratio vector is constant
     same_as_uniform = bool((ours.spread.abs() < THRESHOLDS["uniform_ratio_spread"]).all())
-    return ClaimResult(f"MDL − LayerIF mean zero-shot accuracy at 50%: {per} pts"
+    at = f"{float(t.mdl_sparsity.iloc[0]):.0%}" if "mdl_sparsity" in t else "50%"   # both sides at MDL's sparsity
+    return ClaimResult(f"MDL − LayerIF mean zero-shot accuracy, both at {at} global sparsity: {per} pts"
                        + ("; MDL ratios uniform (all at ρ_max)" if same_as_uniform else ""), _scale(r),
                        ("reproduced, trivially" if same_as_uniform else "reproduced")
                        if worst <= THRESHOLDS["pruning_parity_points"]

@@ -146,7 +146,7 @@ class PruningParams:
     rho_max: float = 0.51
     pruners: list[str] = field(default_factory=lambda: list(registries()["pruners"]))
     sweep: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
-    layerif_epsilon: float = 0.1
+    layerif_epsilon: float = 0.3         # LayerIF/AlphaPruning ratio band [1-ε, 1+ε] (both references' default)
     score_methods: list[str] = field(default_factory=lambda: ["layerif_all", "layerif_pos", "cg_ggn"])
     score_tasks: list[str] = field(default_factory=list)   # [] = every task in scores.csv (ratios, figure)
     table_score_tasks: list[str] = field(default_factory=list)  # score sources evaluated in the table ([] = all)

@@ -1,17 +1,29 @@
 """Notebook 04, §2: the per-layer ratios of every ratio method (uniform, OWL, LayerIF/AlphaPruning,
 MDL as the paper states it and its equality variants) at one global target, their summary, and
 METHOD.md §3's check that Algorithm 2 under the paper's hyper-parameters is uniform at ρ_max.
-No model is evaluated here (that is `mdlcap.study.pruning`)."""
+No model is evaluated here (that is `mdlcap.study.pruning`).
+
+Equal budgets (METHOD.md §3). Every ratio vector of the plan has a parameter-weighted global
+sparsity Σ N_k ρ_k / Σ N_k equal to the target s, except the paper's MDL program ("mdl": raw
+N_k, inequality target, clip at ρ_max), which is kept as the paper ran it: under its own
+hyper-parameters ν = 0 and every layer sits at ρ_max, so it prunes ρ_max (0.51) instead of s.
+It is never compared with the others at s. Instead uniform, OWL and LayerIF are solved again at
+that program's own global sparsity s' (ratio methods "uniform@mdl", "owl@mdl", "layerif@mdl", one
+set per score source whose MDL row misses s by more than BUDGET_TOL), so "MDL vs LayerIF" is read
+at s' and the equality variants (mdl_eq, mdl_eq_free) are read against the others at s. We chose
+re-running the others at s' over forcing the paper's program to s because the latter is no longer
+the paper's program (that is mdl_eq); with the paper's constants uniform@mdl is the same model as
+mdl and is evaluated once (the cache is keyed by the ratios).
+"""
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from mdlcap.interventions.pruning import (
-    RATIO_METHODS, global_sparsity, layerif_ratios, mdl_ratios, owl_ratios, uniform_ratios)
+    LAYERIF_CAP, RATIO_METHODS, global_sparsity, layerif_ratios, mdl_ratios, owl_ratios, uniform_ratios)
 from mdlcap.study.paper import RHO_MAX_CLIP, THRESHOLDS
 from mdlcap.theory import pruning as program
 
@@ -38,15 +50,48 @@ def sweep_scores(scores: pd.DataFrame, score_methods: Sequence[str], source: str
     return scores[(scores.method == sm0) & (scores.task == source)] if sm0 else None
 
 
+BUDGET_TOL = 1e-9          # |Σ N ρ / Σ N − s| below this: a ratio vector is at budget s
+MATCHED = ("uniform", "owl", "layerif")     # re-solved at the paper MDL program's own sparsity
+MATCH_SUFFIX = "@mdl"
+
+
+def base_method(ratio_method: str) -> str:
+    """The registry ratio method of a plan label ("layerif@mdl" -> "layerif")."""
+    return ratio_method.split("@", 1)[0]
+
+
+def source_scores(g: pd.DataFrame, n_layers: int, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """(q, score) of one score source (its scores.csv rows), checked: q is what the programs take
+    (finite, ≥ 0, some > 0: `scores_from_gains` wrote it, mapping negative scores to 0), `score`
+    the signed value the LayerIF map uses (q where an older scores.csv has no score column).
+    Raises ValueError naming the source and the rule: a source is never dropped silently."""
+    g = g.sort_values("layer")
+    q = g["q"].to_numpy(float)
+    raw = g["score"].to_numpy(float) if "score" in g else q
+    if q.size != n_layers:
+        raise ValueError(f"scores: {label} has {q.size} layers, the model {n_layers}")
+    if not (np.isfinite(q).all() and np.isfinite(raw).all()):
+        raise ValueError(f"scores: {label} has non-finite q or score at layers "
+                         f"{np.flatnonzero(~(np.isfinite(q) & np.isfinite(raw))).tolist()}")
+    if q.min() < 0 or not q.sum() > 0:
+        raise ValueError(f"scores: {label} has q < 0 or no q > 0 (q must come from scores_from_gains: "
+                         "negative scores map to 0); rerun notebook 02")
+    return q, raw
+
+
 def ratio_plan(scores, sizes, outliers, pp, target: float | None = None, rho_max: float | None = None,
                methods: Sequence[str] = RATIO_METHODS):
     """Per-layer ratios of every ratio method at one global target, as a long DataFrame
     (ratio_method, score_method, score_task, layer, ratio).
 
-    `scores`: rows (task, method, layer, q) as from `mdlcap.scores.table.load_scores`; `pp`: the
-    params' pruning section (bits, lam, gamma, rho_max, layerif_epsilon, owl_lambda). Score-free
+    `scores`: rows (task, method, layer, score, q) as from `mdlcap.scores.table.load_scores`; `pp`:
+    the params' pruning section (bits, lam, gamma, rho_max, layerif_epsilon, owl_lambda). Score-free
     methods (uniform, OWL) get score_method = score_task = "-". MDL runs as the paper states it
-    (raw N_k, inequality target, clip at ρ_max) and as the equality variant ("mdl_eq")."""
+    ("mdl": raw N_k, inequality target, clip at ρ_max), as the equality variant ("mdl_eq") and
+    without the clip ("mdl_eq_free"); the MDL programs take q (q_k = 0 allowed: ρ_k = ρ_max), the
+    LayerIF map takes the signed score (its min–max is offset-free). Where "mdl" misses the target,
+    the `MATCHED` methods in `methods` are added at its sparsity as "<method>@mdl" with that
+    source's labels (module docstring). A source whose scores are unusable raises (`source_scores`)."""
     s = pp.target if target is None else float(target)
     rmax = pp.rho_max if rho_max is None else float(rho_max)
     N = np.asarray(sizes, dtype=float)
@@ -56,31 +101,44 @@ def ratio_plan(scores, sizes, outliers, pp, target: float | None = None, rho_max
         rows.extend({"ratio_method": method, "score_method": smethod, "score_task": stask, "layer": k,
                      "ratio": float(v)} for k, v in enumerate(r))
 
+    def at(method, budget, raw):
+        if method == "uniform":
+            return uniform_ratios(N, budget)
+        if method == "owl":
+            return owl_ratios(outliers, N, budget, lam=pp.owl_lambda)
+        return layerif_ratios(raw, N, budget, epsilon=pp.layerif_epsilon, cap=max(LAYERIF_CAP, budget))
+
     if "uniform" in methods:
-        add("uniform", "-", "-", uniform_ratios(N, s))
+        add("uniform", "-", "-", at("uniform", s, None))
     if "owl" in methods and outliers is not None:
-        add("owl", "-", "-", owl_ratios(outliers, N, s, lam=pp.owl_lambda))
+        add("owl", "-", "-", at("owl", s, None))
     if scores is not None and len(scores):
         for (smethod, stask), g in scores.groupby(["method", "task"], sort=False):
-            q = g.sort_values("layer")["q"].to_numpy(float)
-            if q.size != N.size:
-                raise ValueError(f"scores: {smethod}/{stask} has {q.size} layers, the model {N.size}")
-            if not np.all(q > 0):        # q_k^{-γ} needs q > 0: say so and leave this source out
-                warnings.warn(f"scores: {smethod}/{stask} has q <= 0 at layers {np.flatnonzero(q <= 0).tolist()}; "
-                              "left out of the ratio plan")
-                continue
+            q, raw = source_scores(g, N.size, f"{smethod}/{stask}")
             if "layerif" in methods:
-                add("layerif", smethod, stask, layerif_ratios(q, N, s, epsilon=pp.layerif_epsilon))
+                add("layerif", smethod, stask, at("layerif", s, raw))
+            prog = dict(bits=pp.bits, lam=pp.lam, gamma=pp.gamma)
             if "mdl" in methods:
-                add("mdl", smethod, stask, mdl_ratios(q, N, s, bits=pp.bits, lam=pp.lam, gamma=pp.gamma,
-                                                      rho_max=rmax))
+                r = mdl_ratios(q, N, s, rho_max=rmax, **prog)
+                add("mdl", smethod, stask, r)
+                s_mdl = global_sparsity(r, N)
+                if abs(s_mdl - s) > BUDGET_TOL:          # compare the paper's program at its own budget
+                    for m in MATCHED:
+                        if m in methods and (m != "owl" or outliers is not None):
+                            add(m + MATCH_SUFFIX, smethod, stask, at(m, s_mdl, raw))
             if "mdl_eq" in methods:
-                add("mdl_eq", smethod, stask, mdl_ratios(q, N, s, bits=pp.bits, lam=pp.lam, gamma=pp.gamma,
-                                                         rho_max=rmax, equality=True))
+                add("mdl_eq", smethod, stask, mdl_ratios(q, N, s, rho_max=rmax, equality=True, **prog))
             if "mdl_eq_free" in methods:     # equality variant without the paper's clip (rho_max = 1)
-                add("mdl_eq_free", smethod, stask, mdl_ratios(q, N, s, bits=pp.bits, lam=pp.lam, gamma=pp.gamma,
-                                                              rho_max=1.0, equality=True))
+                add("mdl_eq_free", smethod, stask, mdl_ratios(q, N, s, rho_max=1.0, equality=True, **prog))
     return pd.DataFrame(rows)
+
+
+def compared_at(key: tuple, vectors: dict[tuple, np.ndarray], sizes, target: float) -> float:
+    """The global sparsity a plan entry is compared at: the target, or for the paper's "mdl" and
+    its "<method>@mdl" matches the sparsity of that source's "mdl" vector."""
+    if key[0] == "mdl" or key[0].endswith(MATCH_SUFFIX):
+        return global_sparsity(vectors[("mdl", key[1], key[2])], sizes)
+    return float(target)
 
 
 def plan_vectors(plan: pd.DataFrame) -> dict[tuple, np.ndarray]:
@@ -89,10 +147,12 @@ def plan_vectors(plan: pd.DataFrame) -> dict[tuple, np.ndarray]:
             plan.groupby(["ratio_method", "score_method", "score_task"], sort=False)}
 
 
-def ratios_summary(vectors: dict[tuple, np.ndarray], sizes) -> pd.DataFrame:
-    """Global sparsity, min, max and spread of each ratio vector."""
+def ratios_summary(vectors: dict[tuple, np.ndarray], sizes, target: float) -> pd.DataFrame:
+    """Global sparsity, the budget it is compared at (`compared_at`), min, max and spread of each
+    ratio vector."""
     return pd.DataFrame([{"ratio_method": k[0], "score_method": k[1], "score_task": k[2],
-                          "global_sparsity": global_sparsity(v, sizes), "min": v.min(), "max": v.max(),
+                          "global_sparsity": global_sparsity(v, sizes),
+                          "compared_at": compared_at(k, vectors, sizes, target), "min": v.min(), "max": v.max(),
                           "spread": v.max() - v.min()} for k, v in vectors.items()])
 
 
@@ -112,7 +172,7 @@ def mdl_degeneracy(scores: pd.DataFrame, sizes, pp, sizes_7b: dict[str, np.ndarr
             qs.update(q_ours)
         else:   # the most uneven of our score vectors, stretched to this depth
             if q_ours:
-                qv = max(q_ours.values(), key=lambda v: v.max() / v.min())
+                qv = max(q_ours.values(), key=lambda v: v.max() / v.min() if v.min() > 0 else np.inf)
                 qi = np.interp(np.linspace(0, 1, nl), np.linspace(0, 1, len(qv)), qv)
                 qs["our most uneven q, stretched"] = qi / qi.sum()
         for qname, q in qs.items():
