@@ -32,7 +32,7 @@ def _batches(n=2, B=3, T=8, seed=0):
 
 
 def _sp(**kw):
-    base = dict(cg_max_iter=3, cg_batches=1, hessian_tasks=["t"], layerif_train=4, layerif_val=2,
+    base = dict(cg_max_iter=3, hessian_tasks=["t"], layerif_train=4, layerif_val=2,
                 validation_steps=2, lambda_grid=[1e-2, 1.0], appendix_c_layers=2, appendix_c_iter=2)
     base.update(kw)
     return dataclasses.replace(ScoringParams(), **base)
@@ -54,7 +54,8 @@ def test_score_batches_every_method_cached_and_timed(tmp_path, monkeypatch):
     for m, g in res.items():
         assert len(g) == 3 and all(math.isfinite(v) for v in g.values()), m
         assert g.meta["seconds"] > 0 and g.meta["grad_pass_seconds"] > 0 and g.meta["n_batches"] > 0, m
-    assert res["cg_ggn"].meta["n_batches"] == 1                        # CG on the first cg_batches only
+    assert {g.meta["n_batches"] for m, g in res.items() if not m.startswith("layerif")} == {2}   # same batches for all
+    assert res["cg_ggn"].diagnostics["layers.0"]["iterations"] <= 3 and "converged" in res["cg_ggn"].diagnostics["layers.0"]
     assert dict(res["grad_norm"]) == pytest.approx(dict(layer_gains(model, bs, method="grad_norm", progress=False)))
     assert min(res["layerif_pos"].values()) >= 0                       # −sum, shifted onto the simplex
     n_files = len(list((tmp_path / "scores").glob("*.json")))
@@ -78,9 +79,10 @@ def _results():
         return Gains(dict(zip(names, vals)), {n: dict(diag or {}) for n in names}, method=method,
                      meta={"seconds": 2.0, "grad_pass_seconds": 0.5, "peak_bytes": 2**20, "n_batches": 1,
                            "n_sequences": 4, **meta})
-    d = {"iterations": 3, "rel_residual": 0.1, "damping_used": 1e-3, "damping_raises": 0, "ritz_min_H": 0.5,
-         "ritz_max_H": 2.0, "damping_needed_lower_bound": 0.0, "grad_norm2": 1.0}
-    return {("a", "cg_ggn"): g([1.0, 2.0, 3.0], "cg", d), ("a", "grad_norm"): g([3.0, 2.0, 1.0], "grad_norm"),
+    d = {"iterations": 3, "rel_residual": 0.1, "damping_requested": 1e-3, "damping_needed": 1e-3, "damping_used": 1e-3,
+         "damping_raises": 0, "ritz_min_H": 0.5, "ritz_max_H": 2.0, "damping_needed_lower_bound": 0.0, "grad_norm2": 1.0}
+    ok = {**d, "rel_residual": 1e-4}
+    return {("a", "cg_ggn"): g([1.0, 2.0, 3.0], "cg", ok), ("a", "grad_norm"): g([3.0, 2.0, 1.0], "grad_norm"),
             ("b", "cg_ggn"): g([1.0, 3.0, 2.0], "cg", d), ("b", "grad_norm"): g([1.0, 2.0, 3.0], "grad_norm", seconds=1.0)}
 
 
@@ -93,7 +95,15 @@ def test_tables_of_section_1_and_4():
     assert q.shape == (4, 3) and np.allclose(q.sum(axis=1), 1.0)
     diag = S.cg_diagnostics(res)
     assert len(diag) == 6 and set(diag["method"]) == {"cg_ggn"} and list(diag["zeta2"][:3]) == [1.0, 2.0, 3.0]
-    assert S.cg_summary(diag).loc["cg_ggn", "iterations"] == 3
+    assert diag["converged"].tolist() == [True] * 3 + [False] * 3      # rel residual 1e-4 vs 0.1 (threshold 1e-3)
+    summ = S.cg_summary(diag)
+    assert summ.loc["cg_ggn", "iterations"] == 3 and summ.loc["cg_ggn", "converged"] == 3 and summ.loc["cg_ggn", "solves"] == 6
+    per = S.damping_per_task(diag)
+    assert per["converged"].tolist() == [True, False] and per["damping_used"].tolist() == [1e-3, 1e-3]
+    mixed = diag.copy()
+    mixed.loc[0, "damping_used"] = 0.5                                  # one λ per task is the rule
+    with pytest.raises(ValueError, match="one per task"):
+        S.damping_per_task(mixed)
     rc = S.rank_correlation(scores, ["a", "b"], ["cg_ggn", "grad_norm"])
     assert rc["spearman"].tolist() == pytest.approx([-1.0, 0.5])
     R = S.rank_matrix(rc, ["cg_ggn", "grad_norm"])
@@ -109,61 +119,128 @@ def test_tables_of_section_1_and_4():
 
 def test_validation_tables_and_verdict():
     from mdlcap.scores.table import scores_frame
-    scores = scores_frame(_results())
+    res = _results()
+    scores, diag = scores_frame(res), S.cg_diagnostics(res)
     dec = pd.DataFrame({"layer": [0, 1, 2], "newton_heldout_decrease": [0.1, 0.2, 0.3],
-                        "finetune_heldout_decrease": [0.3, 0.1, 0.2]})
-    val = S.validation_rank_correlation(scores, dec, "a", ["cg_ggn", "grad_norm"])
+                        "finetune_heldout_decrease": [0.3, 0.1, 0.2], "newton_converged": [True] * 3})
+    val = S.validation_rank_correlation(scores, dec, "a", ["cg_ggn", "grad_norm"], diag)
     got = val.set_index(["method", "target"])["spearman"]
     assert got["cg_ggn", "newton_heldout_decrease"] == pytest.approx(1.0)
     assert got["grad_norm", "newton_heldout_decrease"] == pytest.approx(-1.0)
     assert got["cg_ggn", "finetune_heldout_decrease"] == pytest.approx(-0.5)
+    assert val["assessable"].all()
     v = S.zeta_vs_gradnorm(val)
     assert v["damping"] is None
     t = v["targets"]["newton_heldout_decrease"]
-    assert t["best_zeta2"] == "cg_ggn" and t["n_zeta2_beating"] == 1 and t["n_zeta2"] == 1
-    assert t["cg_ggn_beats_grad_norm"] and t["cg_ggn_rho"] == pytest.approx(1.0)
+    assert t["best_zeta2"] == "cg_ggn" and t["n_zeta2_beating"] == 1 and t["n_zeta2"] == 1 and t["assessable"]
+    assert t["cg_ggn_beats_grad_norm"] and t["cg_ggn_rho"] == pytest.approx(1.0) and t["cg_ggn"] == "beats"
     f = v["targets"]["finetune_heldout_decrease"]
-    assert f["grad_norm"] == pytest.approx(0.5) and not f["cg_ggn_beats_grad_norm"]
+    assert f["grad_norm"] == pytest.approx(0.5) and not f["cg_ggn_beats_grad_norm"] and f["cg_ggn"] == "does not beat"
+    # task b's CG solves did not converge (rel residual 0.1): its ρ is shown, the verdict is "not assessable"
+    bad = S.validation_rank_correlation(scores, dec, "b", ["cg_ggn", "grad_norm"], diag)
+    assert bad.set_index("method").loc["cg_ggn", "assessable"].tolist() == [False, False]
+    vb = S.zeta_vs_gradnorm(bad)["targets"]["finetune_heldout_decrease"]
+    assert vb["cg_ggn"] == "not assessable" and vb["cg_ggn_beats_grad_norm"] is None and vb["cg_ggn_rho"] is None
+    assert vb["zeta2_not_assessable"] == ["cg_ggn"] and vb["n_zeta2"] == 0 and vb["best_zeta2"] is None
+    # an unconverged Newton solve makes the Newton target itself not assessable, for every method
+    dec_bad = dec.assign(newton_converged=[True, False, True])
+    vn = S.zeta_vs_gradnorm(S.validation_rank_correlation(scores, dec_bad, "a", ["cg_ggn", "grad_norm"], diag))
+    assert not vn["targets"]["newton_heldout_decrease"]["assessable"]
+    assert vn["targets"]["newton_heldout_decrease"]["cg_ggn"] == "not assessable"
+    assert vn["targets"]["finetune_heldout_decrease"]["cg_ggn"] == "does not beat"
+    # a table without convergence columns (an older run): CG rows count as unconverged
+    vo = S.zeta_vs_gradnorm(val.drop(columns="assessable"))
+    assert vo["targets"]["newton_heldout_decrease"]["cg_ggn"] == "not assessable"
     by_lam = pd.DataFrame({"damping": [1e-2, 1e-2, 1.0, 1.0], "method": ["cg_ggn", "kfac"] * 2,
-                           "spearman_finetune": [0.1, 0.9, 0.8, 0.2], "grad_norm_spearman": [0.5] * 4,
-                           "cg_rel_residual_median": [0.4, float("nan"), 0.01, float("nan")]})
+                           "spearman_finetune": [0.9, 0.9, 0.8, 0.2], "grad_norm_spearman": [0.5] * 4,
+                           "cg_rel_residual_median": [0.4, float("nan"), 1e-4, float("nan")],
+                           "converged": [False, True, True, True]})
     d = S.zeta_vs_gradnorm(val, by_lam)["damping"]
+    # λ = 1e-2 has the larger ρ but did not converge: it is left out
     assert d == {"grad_norm_rho": 0.5, "cg_ggn_beats_at": [1.0], "best_rho": 0.8, "best_damping": 1.0,
-                 "first_rel_residual": 0.4}
+                 "unconverged_dampings": [1e-2], "verdict": None, "first_rel_residual": 0.4}
+    none = S.zeta_vs_gradnorm(val, by_lam.assign(converged=False))["damping"]
+    assert none["verdict"] == "not assessable" and none["best_rho"] is None and none["cg_ggn_beats_at"] == []
 
 
 def test_validation_decreases_and_damping_validation():
-    model, bs, sp = random_model(**CFG).double(), _batches(n=2), _sp()
+    model, bs, sp = random_model(**CFG).double(), _batches(n=2), _sp(cg_max_iter=200)
     held = _batches(n=1, seed=3)
     before = [p.detach().clone() for p in model.parameters()]
-    dec = S.validation_decreases(model, sp, bs[:1], bs, held, progress=False)
+    dec = S.validation_decreases(model, sp, bs, held, damping=1e-2, progress=False)
     assert list(dec["layer"]) == [0, 1, 2] and list(dec["block"]) == ["layers.0", "layers.1", "layers.2"]
     assert np.isfinite(dec[list(S.TARGETS)].to_numpy()).all()
+    assert dec["newton_converged"].all() and (dec["newton_rel_residual"] <= 1e-3).all() and (dec["newton_damping"] == 1e-2).all()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))     # parameters restored
-    by_lam = S.damping_validation(model, sp, bs[:1], bs, dec["finetune_heldout_decrease"].to_numpy())
+    short = S.validation_decreases(model, dataclasses.replace(sp, cg_max_iter=1), bs, held, damping=1e-3, progress=False)
+    assert not short["newton_converged"].all()                                     # flagged, not hidden
+    # the blocks setting is honoured: attention and MLP of each layer validated separately
+    fine = S.validation_decreases(model, dataclasses.replace(sp, blocks="attn_mlp", validation_steps=1), bs, held,
+                                  damping=1.0, progress=False)
+    assert list(fine["block"]) == [f"layers.{i}.{k}" for i in range(3) for k in ("attn", "mlp")]
+    assert list(fine["layer"]) == list(range(6))
+    by_lam = S.damping_validation(model, sp, bs, dec["finetune_heldout_decrease"].to_numpy())
     assert list(by_lam["damping"]) == [1e-2] * 3 + [1.0] * 3
     assert list(by_lam["method"]) == ["cg_ggn", "diag_fisher", "kfac"] * 2
     assert by_lam["spearman_finetune"].between(-1, 1).all() and by_lam["grad_norm_spearman"].nunique() == 1
     assert by_lam["cg_rel_residual_median"].notna().tolist() == [True, False, False] * 2
+    assert by_lam["converged"].all()
+    few = S.damping_validation(model, dataclasses.replace(sp, cg_max_iter=1, lambda_grid=[1e-3]), bs,
+                               dec["finetune_heldout_decrease"].to_numpy())
+    assert few["converged"].tolist() == [False, True, True]
+
+
+def test_damping_policy_one_lambda_per_task():
+    from mdlcap.study import cg_solves
+    model, bs = random_model(**CFG).double(), _batches(n=2)
+    sp = _sp(cg_max_iter=4, damping=1e-3, lambda_grid=[1e-3, 1e-2, 1.0, 10.0], cg_damping_policy="smallest_converged")
+    assert cg_solves.damping_candidates(sp) == [1e-3, 1e-2, 1.0, 10.0]
+    assert cg_solves.damping_candidates(dataclasses.replace(sp, cg_damping_policy="fixed")) == [1e-3]
+    g = cg_solves.cg_gains(model, bs, sp, "ggn", progress=False)
+    used = {d["damping_used"] for d in g.diagnostics.values()}
+    assert used == {g.damping} and cg_solves.converged(g)               # one λ, every block converged
+    tried = g.meta["damping_tried"]
+    assert [t["damping"] for t in tried][-1] == g.damping and all(not t["converged"] for t in tried[:-1])
+    # the λ chosen is the smallest candidate at which every block converges within cg_max_iter
+    for t in tried[:-1]:
+        probe = layer_gains(model, bs, method="cg", damping=t["damping"], max_iter=4, tol=sp.cg_tol, progress=False)
+        assert not cg_solves.converged(probe)
+    fixed = cg_solves.cg_gains(model, bs, dataclasses.replace(sp, cg_damping_policy="fixed", cg_max_iter=1), "ggn",
+                               progress=False)
+    assert fixed.damping == 1e-3 and not cg_solves.converged(fixed) and not fixed.meta["converged"]
+    # exact Hessian: one λ for all blocks, the largest any block needs (each block's need reported)
+    h = cg_solves.cg_gains(model, bs, dataclasses.replace(sp, cg_max_iter=100), "hessian", progress=False)
+    used = {d["damping_used"] for d in h.diagnostics.values()}
+    assert len(used) == 1 and used.pop() == pytest.approx(max(d["damping_needed"] for d in h.diagnostics.values()))
 
 
 def test_appendix_c_sweep_and_summary():
     from mdlcap.scores.table import scores_frame
     scores = scores_frame(_results())
-    assert S.appendix_c_layers(scores, "a", 1) == [2]
-    assert S.appendix_c_layers(scores, "a", 2) == [0, 2]
-    assert S.appendix_c_layers(scores, "b", 3) == [0, 1, 2]
+    from mdlcap.study import appendix_c as C
+    assert C.appendix_c_layers(scores, "a", 1) == [2]
+    assert C.appendix_c_layers(scores, "a", 2) == [0, 2]
+    assert C.appendix_c_layers(scores, "b", 3) == [0, 1, 2]
     model, bs, sp = random_model(**CFG).double(), _batches(n=1), _sp(appendix_c_iter=50, cg_tol=1e-12)
-    sweep = S.appendix_c_sweep(model, bs, [0, 2], sp, progress=False)
+    sweep = C.appendix_c_sweep(model, bs, [0, 2], sp, progress=False)
+    assert sweep["cg_converged"].all()
     assert list(sweep["block"]) == ["layers.0"] * 2 + ["layers.2"] * 2
     # Eq 18 (Galerkin identity, every CG iterate) and Eq 19 (0 ≤ λ‖d*‖² ≤ ζ²)
     assert np.allclose(sweep["quadratic_ggn"], sweep["eq18_value"], rtol=1e-6, atol=1e-10)
-    ac = S.appendix_c_summary(sweep)
-    assert ac["eq18_max_rel_error"] < 1e-6 and ac["bias_bound_holds"]
-    assert 0 <= ac["true_change_is_decrease_fraction"] <= 1
+    ac = C.appendix_c_summary(sweep)
+    assert ac["eq18_max_rel_error"] < 1e-6 and ac["bias_bound_holds"] and ac["verdict"] is None
+    assert 0 <= ac["true_change_is_decrease_fraction"] <= 1 and ac["n_converged"] == ac["n_rows"] == 4
     assert [r["damping"] for r in ac["ranking"]] == [1e-2, 1.0] and 0 <= ac["ranking_agreement"] <= 1
-    one = S.appendix_c_summary(sweep[sweep["block"] == "layers.0"])
-    assert one["ranking"] is None and "ranking_agreement" not in one
+    one = C.appendix_c_summary(sweep[sweep["block"] == "layers.0"])
+    assert one["ranking"] is None and one["ranking_agreement"] is None
+    # unconverged rows leave every comparison with the true change: "not assessable", not a number
+    half = sweep.assign(cg_converged=sweep["damping"] == 1.0)
+    ah = C.appendix_c_summary(half)
+    assert ah["n_converged"] == 2 and ah["unconverged_dampings"] == [1e-2]
+    assert [r["same"] for r in ah["ranking"]][0] == "not assessable" and ah["rel_error_smallest_lambda"] is not None
+    none = C.appendix_c_summary(sweep.assign(cg_converged=False))
+    assert none["verdict"] == "not assessable" and none["rel_error_median"] is None and none["ranking_agreement"] is None
+    assert none["eq18_max_rel_error"] < 1e-6                          # identities of every iterate still checked
 
 
 def test_gradient_pass_touches_no_parameter():
@@ -171,3 +248,23 @@ def test_gradient_pass_touches_no_parameter():
     before = [p.detach().clone() for p in model.parameters()]
     S.gradient_pass(model, bs)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_params_cg_keys_validated(tmp_path):
+    import yaml
+    from mdlcap.study import params as P
+    base = yaml.safe_load(open("params/smoke.yaml"))
+    for key, value, match in (("cg_tol", 1e-2, "scoring.cg_tol"), ("cg_preconditioner", "jacobi", "scoring.cg_preconditioner"),
+                              ("cg_damping_policy", "per_layer", "scoring.cg_damping_policy")):
+        raw = {**base, "scoring": {**base["scoring"], key: value}}
+        f = tmp_path / f"{key}.yaml"
+        f.write_text(yaml.safe_dump(raw))
+        with pytest.raises(P.ParamsError, match=match):
+            P.load(f)
+    raw = {**base, "scoring": {**base["scoring"], "cg_damping_policy": "smallest_converged", "damping": 1.0,
+                               "lambda_grid": [1e-2, 1.0]}}
+    f = tmp_path / "grid.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    with pytest.raises(P.ParamsError, match="lambda_grid value above"):
+        P.load(f)
+    assert P.load("params/tiny.yaml").scoring.cg_damping_policy == "smallest_converged"

@@ -42,7 +42,28 @@ def test_validation_appendix_c_and_cost_tables(smoke_scores):
     val = pd.read_csv(smoke_scores / "validation_rank_correlation.csv")
     assert {"grad_norm", "cg_ggn"} <= set(val["method"])
     assert val["spearman"].between(-1, 1).all()
+    # smoke CG stops after scoring.cg_max_iter = 2 iterations: unconverged, flagged, and kept out of the verdict
+    diag = pd.read_csv(smoke_scores / "cg_diagnostics.csv")
+    assert {"converged", "rel_residual", "damping_used", "damping_needed"} <= set(diag.columns)
+    assert (diag["converged"] == (diag["rel_residual"] <= 1e-3)).all() and not diag["converged"].all()
+    assert (diag.groupby(["task", "method"])["damping_used"].nunique() == 1).all()     # one λ per task and method
+    per = pd.read_csv(smoke_scores / "cg_damping.csv")
+    assert set(per["method"]) <= {"cg_ggn", "cg_hessian"} and len(per) == len(diag.groupby(["task", "method"]))
+    assert "assessable" in val and not val[val["method"] == "cg_ggn"]["assessable"].any()
+    from mdlcap.study.curvature_scores import zeta_vs_gradnorm
+    by_lam = pd.read_csv(smoke_scores / "validation_vs_damping.csv")
+    verdict = zeta_vs_gradnorm(val, by_lam)
+    assert verdict["targets"]["finetune_heldout_decrease"]["cg_ggn"] == "not assessable"
+    assert verdict["targets"]["finetune_heldout_decrease"]["cg_ggn_rho"] is None
+    cg = by_lam[by_lam["method"] == "cg_ggn"]
+    assert verdict["damping"]["unconverged_dampings"] == cg[~cg["converged"]]["damping"].tolist()
+    if cg["converged"].any():          # the verdict over λ reads converged rows only
+        assert verdict["damping"]["best_damping"] in cg[cg["converged"]]["damping"].tolist()
+    else:
+        assert verdict["damping"]["verdict"] == "not assessable" and verdict["damping"]["best_rho"] is None
+    assert {"newton_converged", "newton_rel_residual", "newton_damping"} <= set(dec.columns)
     sweep = pd.read_csv(smoke_scores / "appendix_c_sweep.csv")
+    assert "cg_converged" in sweep
     # Eq 18 holds for every CG iterate (Galerkin condition), and Eq 19's bias bound 0 <= λ‖d‖² <= ζ²
     assert np.allclose(sweep["quadratic_ggn"], sweep["eq18_value"], rtol=1e-4, atol=1e-7)
     assert (sweep["bias_term"] >= 0).all() and (sweep["bias_term"] <= sweep["zeta2"] * (1 + 1e-5)).all()

@@ -18,7 +18,7 @@ from mdlcap.study.paper import CLAIMED, PAPER_TABLE4, PRUNING_TABLES, TABLE3, TH
 class ClaimResult:
     ours: str
     scale: str
-    verdict: str          # reproduced / not reproduced / partly / not testable here
+    verdict: str          # reproduced / not reproduced / partly / not testable here / not assessable (unconverged solves)
     why: str
 
 
@@ -152,15 +152,20 @@ def _zeta_vs_gradnorm(r: Path) -> ClaimResult:
     verdict = zeta_vs_gradnorm(_csv(r, "02_curvature_scores", "validation_rank_correlation"),
                                _csv(r, "02_curvature_scores", "validation_vs_damping"))
     t, d = verdict["targets"]["finetune_heldout_decrease"], verdict["damping"]
-    z, g = float(t["cg_ggn_rho"]), float(t["grad_norm"])
-    ok = t["cg_ggn_beats_grad_norm"]
+    g = float(t["grad_norm"])
+    over_lam = (f"best converged ζ² over λ {d['best_rho']:+.2f} at λ={d['best_damping']:g}" if d["best_rho"] is not None
+                else "no λ of the grid converged")
+    if t["cg_ggn_beats_grad_norm"] is None:          # unconverged CG: the verdict is not a number
+        return ClaimResult(f"ζ² (CG-GGN) not assessable (CG did not converge) vs ‖g‖² {g:+.2f}; {over_lam}", _scale(r),
+                           "not assessable",
+                           "every ζ² in a verdict must come from a CG solve with relative residual ≤ "
+                           f"{THRESHOLDS['cg_rel_residual']:g}; unconverged λ: {d['unconverged_dampings']}")
+    z, ok = float(t["cg_ggn_rho"]), t["cg_ggn_beats_grad_norm"]
     return ClaimResult(
-        f"Spearman with one-layer fine-tuning gain: ζ² (CG-GGN) {z:+.2f} vs ‖g‖² {g:+.2f}; "
-        f"best ζ² over λ {d['best_rho']:+.2f} at λ={d['best_damping']:g}", _scale(r),
-        "reproduced" if ok else "not reproduced",
-        "ranking of layers by measured held-out decrease; the paper never tests this claim"
-        + ("" if ok else "; CG residual at the default λ: "
-           f"{d['first_rel_residual']:.2f}"))
+        f"Spearman with one-layer fine-tuning gain: ζ² (CG-GGN, converged) {z:+.2f} vs ‖g‖² {g:+.2f}; {over_lam}",
+        _scale(r), "reproduced" if ok else "not reproduced",
+        "ranking of layers by measured held-out decrease; the paper never tests this claim; CG solves converged "
+        f"(relative residual ≤ {THRESHOLDS['cg_rel_residual']:g}); unconverged λ left out: {d['unconverged_dampings'] or 'none'}")
 
 
 CLAIMS += [

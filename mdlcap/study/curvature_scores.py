@@ -6,12 +6,13 @@ scores.csv, validate the rankings against measured one-layer loss decreases, App
     scores = scores_frame(results)                              # scores.csv (mdlcap.scores.table)
     verdict = zeta_vs_gradnorm(validation, by_lam)              # also what claims.py reads back
 
+CG solves and their convergence rule: study.cg_solves; Appendix C: study.appendix_c.
+
 Every table the notebook shows is one function here; the notebook only calls and plots.
 """
 from __future__ import annotations
 
 import importlib.util
-import math
 from typing import Mapping
 
 import numpy as np
@@ -23,14 +24,17 @@ from tqdm.auto import tqdm
 from mdlcap.models import fingerprint_batches, fingerprint_model
 from mdlcap.scores import autograd as ag
 from mdlcap.scores.blocks import Gains, resolve_blocks
-from mdlcap.scores.newton import applied_step, block_quadratic
+from mdlcap.scores.newton import applied_step
 from mdlcap.scores.registry import SCORE_METHODS, ZETA2_METHODS, cached_gains, layer_gains, score_method_name
+from mdlcap.study.cg_solves import (NOT_ASSESSABLE, block_converged, cg_gains, converged, screened_solve,
+                                    solve_kwargs)
 from mdlcap.study.measure import measure
 from mdlcap.study import layerif
 
 LAYERIF_POOLS = ("layerif_all", "layerif_pos")
-DIAGNOSTIC_KEYS = ("iterations", "rel_residual", "damping_used", "damping_raises", "ritz_min_H", "ritz_max_H",
-                   "damping_needed_lower_bound", "grad_norm2")
+DIAGNOSTIC_KEYS = ("iterations", "rel_residual", "preconditioner", "damping_requested", "damping_needed",
+                   "damping_used", "damping_raises", "ritz_min_H", "ritz_max_H", "rayleigh_min_H",
+                   "ritz_min_preconditioned", "ritz_max_preconditioned", "damping_needed_lower_bound", "grad_norm2")
 COST_KEYS = ("seconds", "grad_pass_seconds", "peak_bytes", "n_batches", "n_sequences")
 TARGETS = ("newton_heldout_decrease", "finetune_heldout_decrease")
 
@@ -131,12 +135,11 @@ def score_batches(model, sp, task: str, methods, batches, layerif_data=None, *, 
             continue
         if m == "cg_hessian" and sp.hessian_tasks is not None and task not in sp.hessian_tasks:
             continue
-        if m.startswith("cg_"):
-            bs = batches[: sp.cg_batches]
-            fn = (lambda curv=m[3:], bs=bs: layer_gains(model, bs, method="cg", curvature=curv, damping=sp.damping,
-                                                         blocks=blocks, max_iter=sp.cg_max_iter, tol=sp.cg_tol,
-                                                         progress=progress))
-            out[m] = cached(m, bs, timed(fn, bs), {"max_iter": sp.cg_max_iter, "tol": sp.cg_tol})
+        if m.startswith("cg_"):          # the same batches as every other method; λ by the damping policy
+            fn = (lambda curv=m[3:]: cg_gains(model, batches, sp, curv, blocks=blocks, progress=progress))
+            out[m] = cached(m, batches, timed(fn, batches),
+                            {**solve_kwargs(sp), "policy": sp.cg_damping_policy,
+                             "grid": None if sp.cg_damping_policy == "fixed" else list(sp.lambda_grid)})
         else:
             fn = (lambda m=m: layer_gains(model, batches, method=m, damping=sp.damping, blocks=blocks,
                                           progress=progress))
@@ -198,20 +201,45 @@ def q_table(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def cg_diagnostics(results: Mapping[tuple[str, str], Gains]) -> pd.DataFrame:
-    """One row per (task, cg method, layer): ζ² and CG's iterations, residual, damping and Ritz values."""
+    """One row per (task, cg method, layer): ζ², `converged` (relative residual of the unpreconditioned
+    system <= paper.THRESHOLDS["cg_rel_residual"], no negative curvature: study.cg_solves), CG's
+    iterations, residual, preconditioner, damping (requested, needed by this block, used: one value
+    per task and method) and Ritz values (of H without a preconditioner, else of M⁻¹(H + λI))."""
     rows = []
     for (task, m), g in results.items():
         if m.startswith("cg_"):
             for layer, (blk, d) in enumerate(g.diagnostics.items()):
                 rows.append({"task": task, "method": m, "layer": layer, "zeta2": g[blk],
-                             **{k: d[k] for k in DIAGNOSTIC_KEYS}})
+                             "converged": block_converged(d), **{k: d.get(k) for k in DIAGNOSTIC_KEYS}})
     return pd.DataFrame(rows)
 
 
 def cg_summary(cg_diag: pd.DataFrame) -> pd.DataFrame:
-    """Per cg method: mean iterations, median relative residual, largest damping used, most negative Ritz value of H."""
-    return cg_diag.groupby("method").agg(iterations=("iterations", "mean"), rel_residual=("rel_residual", "median"),
-                                         damping_used_max=("damping_used", "max"), ritz_min_H=("ritz_min_H", "min"))
+    """Per cg method: blocks converged / solved, mean iterations, median and largest relative residual,
+    the damping used (smallest and largest over tasks; within a task it is one value), the largest
+    damping any block needed, the most negative Ritz value of H."""
+    return cg_diag.groupby("method").agg(
+        converged=("converged", "sum"), solves=("converged", "size"), iterations=("iterations", "mean"),
+        rel_residual=("rel_residual", "median"), rel_residual_max=("rel_residual", "max"),
+        damping_used_min=("damping_used", "min"), damping_used_max=("damping_used", "max"),
+        damping_needed_max=("damping_needed", "max"), ritz_min_H=("ritz_min_H", "min"))
+
+
+def damping_per_task(cg_diag: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, cg method): the one damping used for all its layers (asserted), how many layers needed
+    that much (exact Hessian: the largest need sets it) and whether every layer converged."""
+    rows = []
+    for (task, m), g in cg_diag.groupby(["task", "method"], sort=False):
+        used = g["damping_used"].unique()
+        if len(used) != 1:
+            raise ValueError(f"cg_diag: ({task}, {m}) used {len(used)} different dampings; one per task is the rule")
+        rows.append({"task": task, "method": m, "damping_used": float(used[0]),
+                     "damping_requested": float(g["damping_requested"].iloc[0]),
+                     "damping_needed_min": float(g["damping_needed"].min()),
+                     "damping_needed_max": float(g["damping_needed"].max()),
+                     "layers_converged": int(g["converged"].sum()), "layers": len(g),
+                     "converged": bool(g["converged"].all())})
+    return pd.DataFrame(rows)
 
 
 def rank_correlation(scores: pd.DataFrame, tasks, methods) -> pd.DataFrame:
@@ -272,146 +300,130 @@ def single_layer_decreases(model, train_batches, heldout_batches, steps: Mapping
     return pd.DataFrame(rows)
 
 
-def validation_decreases(model, sp, cg_batches, train_batches, heldout_batches, *, progress: bool = True):
-    """single_layer_decreases of every decoder layer: the Newton step from CG on the GGN over
-    `cg_batches` (damping sp.damping), fine-tuning on `train_batches`; a `layer` column first."""
-    newton = layer_gains(model, cg_batches, method="cg", curvature="ggn", damping=sp.damping, max_iter=sp.cg_max_iter,
-                         tol=sp.cg_tol, return_steps=True, progress=progress)
-    dec = single_layer_decreases(model, train_batches, heldout_batches, newton.steps,
+def validation_decreases(model, sp, train_batches, heldout_batches, *, damping: float | None = None,
+                         progress: bool = True):
+    """single_layer_decreases of every block of sp.blocks ("layer": decoder layers; "attn_mlp": the
+    finer blocks): the Newton step from CG on the GGN over `train_batches` at `damping` (default
+    sp.damping; pass the λ the task's cg_ggn score used, so that score and step agree) and
+    fine-tuning on the same batches; a `layer` column (block index, as scores.csv's) first, and per
+    block whether its Newton solve converged (`newton_converged`, study.cg_solves) with its
+    residual: a Newton decrease from an unconverged solve is not the Newton step's."""
+    blocks = None if sp.blocks == "layer" else sp.blocks
+    lam = sp.damping if damping is None else float(damping)
+    newton = layer_gains(model, train_batches, method="cg", curvature="ggn", damping=lam, blocks=blocks,
+                         return_steps=True, progress=progress, **solve_kwargs(sp))
+    dec = single_layer_decreases(model, train_batches, heldout_batches, newton.steps, blocks=blocks,
                                  finetune_steps=sp.validation_steps, lr=sp.validation_lr, progress=progress)
     dec.insert(0, "layer", range(len(dec)))
+    dec["newton_damping"] = lam
+    dec["newton_rel_residual"] = [newton.diagnostics[b]["rel_residual"] for b in dec["block"]]
+    dec["newton_converged"] = [block_converged(newton.diagnostics[b]) for b in dec["block"]]
     return dec
 
 
-def validation_rank_correlation(scores: pd.DataFrame, dec: pd.DataFrame, task: str, methods) -> pd.DataFrame:
+def validation_rank_correlation(scores: pd.DataFrame, dec: pd.DataFrame, task: str, methods,
+                                cg_diag: pd.DataFrame) -> pd.DataFrame:
     """Spearman ρ and Kendall τ over layers between each method's scores for `task` and the measured
-    decreases (Newton step, one-layer fine-tuning)."""
+    decreases (Newton step, one-layer fine-tuning), with `assessable`: False where the score comes
+    from a CG solve that did not converge on every layer (`cg_diag`, the cg_diagnostics table), or
+    the target is the Newton decrease and a Newton solve did not converge (dec's newton_converged).
+    Unassessable rows keep their ρ for display; every verdict (zeta_vs_gradnorm) skips them."""
     rows = []
     sub = scores[scores["task"] == task]
+    newton_ok = bool(dec["newton_converged"].all()) if "newton_converged" in dec else False
     for m in methods:
         s = sub[sub["method"] == m].sort_values("layer")["score"].to_numpy()
         if len(s) != len(dec):
             continue
+        solved = cg_diag[(cg_diag["task"] == task) & (cg_diag["method"] == m)] if len(cg_diag) else cg_diag
+        score_ok = bool(len(solved) == len(dec) and solved["converged"].all()) if m.startswith("cg_") else True
         for target in TARGETS:
             y = dec[target].to_numpy()
+            ok = score_ok and (newton_ok or target != "newton_heldout_decrease")
             rows.append({"method": m, "target": target, "spearman": stats.spearmanr(s, y).statistic,
-                         "kendall": stats.kendalltau(s, y).statistic})
+                         "kendall": stats.kendalltau(s, y).statistic, "assessable": ok})
     return pd.DataFrame(rows)
 
 
-def damping_validation(model, sp, cg_batches, train_batches, y) -> pd.DataFrame:
-    """For each λ of sp.lambda_grid and method cg_ggn / diag_fisher / kfac: Spearman ρ of the scores
-    with the measured decreases `y`, beside the (λ-free) gradient norm's ρ and CG's median residual."""
-    gn_rho = stats.spearmanr(layer_gains(model, train_batches, method="grad_norm", progress=False).values_array(),
-                             y).statistic
-    rows = []
+def damping_validation(model, sp, batches, y, *, known: Mapping[float, Gains] | None = None) -> pd.DataFrame:
+    """For each λ of sp.lambda_grid and method cg_ggn / diag_fisher / kfac, all on the same `batches`
+    and blocks (sp.blocks): Spearman ρ of the scores with the measured decreases `y`, beside the
+    (λ-free) gradient norm's ρ; for cg_ggn its median and largest residual and `converged` (every
+    block, study.cg_solves; a row with False enters no verdict). The λ is fixed per row (no policy).
+    cg_ggn at λ is taken from `known` (λ -> Gains of the same solve, e.g. the task's score) when
+    there, else screened (study.cg_solves.screened_solve): when the hardest block does not converge
+    the row is unconverged with ρ = NaN ("not assessable") and the other blocks are not solved."""
+    blocks = None if sp.blocks == "layer" else sp.blocks
+    gn_rho = stats.spearmanr(layer_gains(model, batches, method="grad_norm", blocks=blocks,
+                                         progress=False).values_array(), y).statistic
+    rows, hard, known = [], None, dict(known or {})
     for lam in sp.lambda_grid:
         for m in ("cg", "diag_fisher", "kfac"):
-            g = layer_gains(model, cg_batches if m == "cg" else train_batches, method=m, curvature="ggn", damping=lam,
-                            max_iter=sp.cg_max_iter, tol=sp.cg_tol, progress=False)
+            if m == "cg":
+                g = known.get(float(lam))
+                if g is None:
+                    g, hard = screened_solve(model, batches, sp, "ggn", lam, blocks=blocks, hard=hard, progress=False)
+            else:
+                g = layer_gains(model, batches, method=m, damping=lam, blocks=blocks, progress=False)
+            res = [d["rel_residual"] for d in g.diagnostics.values()] if m == "cg" and g is not None else [float("nan")]
+            rho = stats.spearmanr(g.values_array(), y).statistic if g is not None else float("nan")
             rows.append({"damping": lam, "method": score_method_name(m, "ggn" if m == "cg" else None),
-                         "spearman_finetune": stats.spearmanr(g.values_array(), y).statistic,
-                         "grad_norm_spearman": gn_rho,
-                         "cg_rel_residual_median": (float(np.median([d["rel_residual"] for d in g.diagnostics.values()]))
-                                                    if m == "cg" else float("nan"))})
+                         "spearman_finetune": rho, "grad_norm_spearman": gn_rho,
+                         "cg_rel_residual_median": float(np.median(res)), "cg_rel_residual_max": float(np.max(res)),
+                         "converged": (g is not None and converged(g)) if m == "cg" else True})
     return pd.DataFrame(rows)
 
 
 def zeta_vs_gradnorm(validation: pd.DataFrame, by_lam: pd.DataFrame | None = None) -> dict:
     """The verdict on "ζ² ranks layers by reducible risk and beats the gradient norm", from the
     validation_rank_correlation table (and validation_vs_damping when given), as notebook 02 and
-    claims.py both read it.
+    claims.py both read it. Rows from unconverged CG solves (`assessable` / `converged` False, or
+    the column missing: convergence unknown) enter no comparison: what they would decide is
+    "not assessable" (study.cg_solves.NOT_ASSESSABLE), never a number.
 
-    "targets": per measured decrease, the gradient norm's ρ, the best ζ² surrogate and its ρ, how
-    many surrogates beat the gradient norm, cg_ggn's ρ and whether it beats it;
-    "damping" (with by_lam): the gradient norm's ρ, the λ at which cg_ggn beats it, cg_ggn's best ρ
-    over λ and its λ, and CG's median residual at the grid's first λ."""
-    v = validation.pivot(index="method", columns="target", values="spearman")
+    "targets": per measured decrease, `assessable` (the target itself: the Newton decrease needs
+    converged Newton solves), the gradient norm's ρ, the best assessable ζ² surrogate and its ρ, how
+    many assessable surrogates beat the gradient norm (and how many were left out), cg_ggn's ρ and
+    "cg_ggn" = "beats" / "does not beat" / "not assessable" (cg_ggn_beats_grad_norm True/False/None);
+    "damping" (with by_lam): the gradient norm's ρ, the converged λ at which cg_ggn beats it, cg_ggn's
+    best ρ over converged λ and its λ (None when no λ converged), the unconverged λ, and CG's
+    median residual at the grid's first λ."""
+    val = validation.copy()
+    if "assessable" not in val:
+        val["assessable"] = [not str(m).startswith("cg_") for m in val["method"]]
     targets = {}
-    for target in v.columns:
-        gn = v.loc["grad_norm", target] if "grad_norm" in v.index else float("nan")
-        zeta = {m: v.loc[m, target] for m in ZETA2_METHODS if m in v.index}
+    for target, t in val.groupby("target", sort=False):
+        t = t.set_index("method")
+        gn = float(t.loc["grad_norm", "spearman"]) if "grad_norm" in t.index else float("nan")
+        zeta = {m: float(t.loc[m, "spearman"]) for m in ZETA2_METHODS if m in t.index and bool(t.loc[m, "assessable"])}
+        left_out = [m for m in ZETA2_METHODS if m in t.index and not bool(t.loc[m, "assessable"])]
+        # the target itself is measurable when its non-CG rows are (Newton: the Newton solves converged)
+        plain = [m for m in t.index if not str(m).startswith("cg_")]
+        target_ok = bool(t.loc[plain, "assessable"].all()) if plain else bool(t["assessable"].any())
         best = max(zeta, key=lambda m: zeta[m]) if zeta else None
-        n_better = sum(1 for z in zeta.values() if z > gn)
-        targets[target] = {"grad_norm": gn, "best_zeta2": best, "best_zeta2_rho": zeta.get(best),
-                           "n_zeta2_beating": n_better, "n_zeta2": len(zeta),
-                           "cg_ggn_beats_grad_norm": bool(zeta.get("cg_ggn", -9) > gn),
-                           "cg_ggn_rho": zeta.get("cg_ggn")}
+        cg_ok = target_ok and "cg_ggn" in zeta
+        beats = (zeta["cg_ggn"] > gn) if cg_ok else None
+        targets[target] = {"assessable": target_ok, "grad_norm": gn if target_ok else None,
+                           "best_zeta2": best if target_ok else None,
+                           "best_zeta2_rho": zeta.get(best) if target_ok else None,
+                           "n_zeta2_beating": sum(1 for z in zeta.values() if z > gn) if target_ok else None,
+                           "n_zeta2": len(zeta), "zeta2_not_assessable": left_out,
+                           "cg_ggn_beats_grad_norm": beats, "cg_ggn_rho": zeta.get("cg_ggn") if cg_ok else None,
+                           "cg_ggn": NOT_ASSESSABLE if beats is None else ("beats" if beats else "does not beat")}
     out = {"targets": targets, "damping": None}
     if by_lam is not None:
         gn_rho = float(by_lam["grad_norm_spearman"].iloc[0])
         cg = by_lam[by_lam["method"] == "cg_ggn"]
-        best = cg.loc[cg["spearman_finetune"].idxmax()]
+        ok = cg["converged"].astype(bool) if "converged" in cg else pd.Series(False, index=cg.index)
+        conv = cg[ok]
+        best = conv.loc[conv["spearman_finetune"].idxmax()] if len(conv) else None
         out["damping"] = {"grad_norm_rho": gn_rho,
-                          "cg_ggn_beats_at": cg[cg["spearman_finetune"] > gn_rho]["damping"].tolist(),
-                          "best_rho": float(best["spearman_finetune"]), "best_damping": float(best["damping"]),
+                          "cg_ggn_beats_at": conv[conv["spearman_finetune"] > gn_rho]["damping"].tolist(),
+                          "best_rho": float(best["spearman_finetune"]) if best is not None else None,
+                          "best_damping": float(best["damping"]) if best is not None else None,
+                          "unconverged_dampings": cg[~ok]["damping"].tolist(),
+                          "verdict": None if len(conv) else NOT_ASSESSABLE,
                           "first_rel_residual": float(cg.iloc[0]["cg_rel_residual_median"])}
-    return out
-
-
-# ----------------------------------------------------------------------------- §3 Appendix C
-def damping_sweep(model, batches, blocks: Mapping[str, list], lambdas, *, max_iter: int = 20, tol: float = 1e-6,
-                  loss_fn=None, progress: bool = True):
-    """Appendix C on a real model: for each block and λ, predicted decrease ½ζ², the layer-restricted
-    quadratic at d* under the GGN (= −½ζ² − (λ/2)‖d*‖² by Lemma 1 / Eq 18) and under the exact
-    Hessian, and the true loss change L(θ + d*) − L(θ). Returns a DataFrame."""
-    base = ag.mean_loss(model, batches, loss_fn)
-    rows = []
-    for name, params in blocks.items():
-        for lam in tqdm(list(lambdas), desc=f"λ sweep {name}", disable=ag.progress_off(progress)):
-            r = layer_gains(model, batches, method="cg", curvature="ggn", damping=float(lam), blocks={name: params},
-                            loss_fn=loss_fn, max_iter=max_iter, tol=tol, progress=False, return_steps=True)
-            d = r.steps[name]
-            qg = block_quadratic(model, batches, params, d, curvature="ggn", loss_fn=loss_fn)
-            qh = block_quadratic(model, batches, params, d, curvature="hessian", loss_fn=loss_fn)
-            with applied_step(params, d):
-                true = ag.mean_loss(model, batches, loss_fn) - base
-            z2 = r[name]
-            rows.append({"block": name, "damping": float(lam), "zeta2": z2, "predicted_decrease": 0.5 * z2,
-                         "quadratic_ggn": qg["quadratic"], "quadratic_hessian": qh["quadratic"],
-                         "eq18_value": -0.5 * z2 - 0.5 * lam * qg["d_norm2"], "bias_term": lam * qg["d_norm2"],
-                         "true_change": true, "step_norm": math.sqrt(qg["d_norm2"]),
-                         "cg_iterations": r.diagnostics[name]["iterations"],
-                         "cg_rel_residual": r.diagnostics[name]["rel_residual"],
-                         "ritz_min_H": r.diagnostics[name]["ritz_min_H"]})
-    return pd.DataFrame(rows)
-
-
-def appendix_c_layers(scores: pd.DataFrame, task: str, n: int) -> list[int]:
-    """The n layers the sweep looks at: those with the largest (⌈n/2⌉) and smallest (⌊n/2⌋) cg_ggn ζ²."""
-    cg_val = scores[(scores["task"] == task) & (scores["method"] == "cg_ggn")].sort_values("score")
-    order = cg_val["layer"].to_list()
-    return sorted(set(order[::-1][: max(1, n // 2 + n % 2)] + order[: n // 2]))[:n]
-
-
-def appendix_c_sweep(model, batches, layers, sp, *, progress: bool = True) -> pd.DataFrame:
-    """damping_sweep over sp.lambda_grid for the given decoder layers (CG on the GGN, sp.appendix_c_iter iterations)."""
-    blocks = resolve_blocks(model)
-    names = list(blocks)
-    return damping_sweep(model, batches, {names[k]: blocks[names[k]] for k in layers}, sp.lambda_grid,
-                         max_iter=sp.appendix_c_iter, tol=sp.cg_tol, progress=progress)
-
-
-def appendix_c_summary(sweep: pd.DataFrame) -> dict:
-    """Eq 18's identity error, Eq 19's bias bound, how often the true change is the predicted
-    decrease, the relative error of −½ζ² (median, at the smallest and largest λ) and, with two or
-    more layers, per λ whether ζ² and the true decrease pick the same layer."""
-    eq18_err = (sweep["quadratic_ggn"] - sweep["eq18_value"]).abs() / sweep["eq18_value"].abs()
-    bias_ok = ((sweep["bias_term"] >= 0) & (sweep["bias_term"] <= sweep["zeta2"] * (1 + 1e-6))).all()
-    sign_ok = (np.sign(sweep["true_change"]) == np.sign(-sweep["predicted_decrease"])).mean()
-    rel_err = ((sweep["true_change"] + sweep["predicted_decrease"]).abs() / sweep["predicted_decrease"].abs())
-    lo, hi = sweep["damping"].min(), sweep["damping"].max()
-    out = {"eq18_max_rel_error": float(eq18_err.max()), "bias_bound_holds": bool(bias_ok),
-           "true_change_is_decrease_fraction": float(sign_ok), "rel_error_median": float(rel_err.median()),
-           "rel_error_smallest_lambda": float(rel_err[sweep["damping"] == lo].median()),
-           "rel_error_largest_lambda": float(rel_err[sweep["damping"] == hi].median()), "ranking": None}
-    z = sweep.pivot(index="damping", columns="block", values="zeta2")
-    t = -sweep.pivot(index="damping", columns="block", values="true_change")
-    if z.shape[1] >= 2:   # Appendix C: is the ranking of layers by ζ² the ranking by the true decrease, at each λ?
-        agree = (z.idxmax(axis=1) == t.idxmax(axis=1))
-        out["ranking"] = [{"damping": float(lam), "largest_zeta2": z.loc[lam].idxmax(),
-                           "largest_true_decrease": t.loc[lam].idxmax(), "same": bool(agree[lam])} for lam in z.index]
-        out["ranking_agreement"] = float(agree.mean())
     return out
 
 

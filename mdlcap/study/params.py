@@ -86,9 +86,11 @@ class ScoringParams:
     """Notebook 02: layer gains ζ² (mdlcap.scores.registry) and LayerIF (mdlcap.scores.influence)."""
     methods: list[str] = field(default_factory=lambda: list(registries()["scoring"]))   # every estimator
     damping: float = 1e-3                # λ in H_kk + λI (Eq 7)
-    cg_max_iter: int = 50
-    cg_tol: float = 1e-6
-    cg_batches: int = 4                  # CG uses the first cg_batches of each task's batches (cost: K·iters passes)
+    cg_max_iter: int = 50                # CG iterations per block and λ (each one curvature-vector product)
+    cg_tol: float = 1e-3                 # CG stops at relative residual <= cg_tol; a solve above the verdict
+    #                                      threshold paper.THRESHOLDS["cg_rel_residual"] is flagged unconverged
+    cg_preconditioner: Literal["none", "diag", "kfac"] = "none"   # PCG's M (mdlcap.scores.newton.gains_cg)
+    cg_damping_policy: Literal["fixed", "smallest_converged"] = "fixed"   # see study.cg_solves
     hessian_tasks: list[str] | None = None   # tasks scored by cg_hessian (None = all; it is the costliest)
     n_batches: int = 4                   # batches per task (gradient and curvature of their mean loss)
     batch_size: int = 8
@@ -357,13 +359,17 @@ def _check_values(p: Params, src: str) -> None:
         need(all(m in _score_methods for m in listed), key, f"must be a subset of {list(_score_methods)}")
     need(all(m in _score_methods for m in p.scoring.methods) and len(p.scoring.methods) > 0, "scoring.methods",
          f"must be a non-empty subset of {list(_score_methods)}")
-    for key in ("cg_max_iter", "cg_batches", "n_batches", "batch_size", "layerif_train", "layerif_val", "layerif_lora_steps",
+    for key in ("cg_max_iter", "n_batches", "batch_size", "layerif_train", "layerif_val", "layerif_lora_steps",
                 "appendix_c_layers", "appendix_c_iter"):
         need(getattr(p.scoring, key) >= 1, f"scoring.{key}", "must be >= 1")
     need(p.scoring.max_len >= 2, "scoring.max_len", "must be >= 2")
     need(p.scoring.validation_steps >= 0, "scoring.validation_steps", "must be >= 0")
     need(p.scoring.validation_lr > 0, "scoring.validation_lr", "must be > 0")
-    need(p.scoring.cg_tol >= 0, "scoring.cg_tol", "must be >= 0")
+    from mdlcap.study.paper import THRESHOLDS
+    need(0 < p.scoring.cg_tol <= THRESHOLDS["cg_rel_residual"], "scoring.cg_tol",
+         f"must lie in (0, {THRESHOLDS['cg_rel_residual']:g}] (the convergence threshold of every verdict on ζ²)")
+    need(p.scoring.cg_damping_policy == "fixed" or any(x > p.scoring.damping for x in p.scoring.lambda_grid),
+         "scoring.cg_damping_policy", "'smallest_converged' needs a scoring.lambda_grid value above scoring.damping")
     need(p.scoring.layerif_damping_scale > 0, "scoring.layerif_damping_scale", "must be > 0")
     need(p.scoring.layerif_lora_lr > 0, "scoring.layerif_lora_lr", "must be > 0")
     need(len(p.scoring.lambda_grid) > 0 and all(x > 0 for x in p.scoring.lambda_grid), "scoring.lambda_grid",
