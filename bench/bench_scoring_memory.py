@@ -3,8 +3,9 @@ with one block per group (`group_size=1`, METHOD.md §1 streaming) the peak stay
 all blocks in one group (the default call) it grows by one block's working memory per layer.
 
 Model: randomly initialised Mistral-type decoders (`mdlcap.models.random_model`) with Mistral-7B's
-layer shapes by default (hidden 4096, MLP 14336, 32 query / 8 key-value heads, vocabulary 32000),
-float32, at reduced depth (1, 2, 3 layers), on CPU; `--hidden` scales the width at the 7B ratios.
+layer shapes by default (hidden 4096, MLP 14336, 32 query / 8 key-value heads), float32, a
+vocabulary of 4096 (not a layer shape; 32000 only adds build time and resident weights; --vocab),
+at reduced depth (1, 2, 3 layers), on CPU; `--hidden` scales the width at the 7B ratios.
 `--blocks attn` scores each layer's attention block only (q/k/v/o + input norm): a 7B layer's full
 K-FAC needs three eigendecompositions of 14336 × 14336 factors (about 2 minutes each on 2 cores),
 so the default K-FAC/EK-FAC runs use the attention blocks (factors ≤ 4096²), which keeps one
@@ -13,7 +14,7 @@ invocation under 10 minutes; `--blocks layer --hidden 1024` runs full layers at 
 Peak memory: `mdlcap.study.measure.measure`, the resident set size sampled every 2 ms above its
 level before the call (the model and the batches are already resident), each (method, depth,
 grouping) in a fresh subprocess so no freed memory of one run hides the next one's peak, with
-glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_=65536) so that every large tensor is its own
+glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_=1 MiB) so that every large tensor is its own
 mapping, returned when freed: the resident set then tracks live memory. Why RSS and not
 tracemalloc: tracemalloc does not see torch's CPU allocator; torch's profiler memory timeline
 needs stacks and shapes recorded (slow at this size). On a GPU (`--device cuda`) measure reports
@@ -118,7 +119,7 @@ def markdown(rows: list[dict], slope: dict[str, float]) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hidden", type=int, default=4096)
-    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--methods", nargs="+", default=["grad_norm", "diag_fisher", "cg"], choices=METHODS)
     ap.add_argument("--groupings", nargs="+", default=list(GROUPINGS), choices=GROUPINGS)
@@ -136,9 +137,9 @@ def main(argv=None) -> dict:
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.one[2], args)))
         return {}
-    rows = []
+    rows, result = [], {}
     passthrough = list(argv if argv is not None else sys.argv[1:])
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads)}
     for depth in args.depths:
         for method in args.methods:
             for grouping in args.groupings:
@@ -153,10 +154,15 @@ def main(argv=None) -> dict:
                 r = rows[-1]
                 print(f"{method:12s} {grouping:4s} depth {depth}: {r['peak_bytes'] / 2**20:8.0f} MiB "
                       f"(est. {r['est_group_bytes'] / 2**20:6.0f}) {r['seconds']:8.1f} s", flush=True)
+                result = write(rows, args.out)            # after every row: a stopped run keeps what it measured
+    return result
+
+
+def write(rows: list[dict], out: Path) -> dict:
     result = {"rows": rows, "slope_bytes_per_layer": slopes(rows)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(rows, result["slope_bytes_per_layer"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(markdown(rows, result["slope_bytes_per_layer"]))
     return result
 
 

@@ -88,7 +88,7 @@ def test_block_groups_follow_the_budget():
     est = {m: working_bytes(model, ps, m, n_batches=2, batch_size=2) for m in ("grad_norm", "diag_fisher", "kfac", "ekfac")}
     assert est["grad_norm"] < est["diag_fisher"] < est["kfac"] < est["ekfac"]
     n = sum(p.numel() for p in ps)
-    assert est["grad_norm"] == 2 * n * 8 and est["diag_fisher"] == 4 * n * 8     # float64 model
+    assert est["grad_norm"] == 2 * n * 8 and est["diag_fisher"] == 7 * n * 8     # float64 model
 
 
 @pytest.mark.parametrize("kw,rule", [({"group_size": 0}, "group_size"), ({"group_size": 1.5}, "group_size"),
@@ -152,13 +152,11 @@ def _peak(tmp_path, method, depth, group):
 def test_peak_memory_flat_in_depth_with_one_block_per_group(tmp_path, method):
     """Resident-set peak above the level before the call (study.measure; tracemalloc does not see
     torch's allocator), each run in a fresh process. One block per group: depth 4 within 1.15× of
-    depth 1 (+ 4 MiB for the allocator). All four blocks at once: the same measure grows by more
-    than half of one block's estimated working memory (so the check can fail)."""
-    model = random_model(seed=0, num_hidden_layers=1, **MEMORY_MODEL)
-    per_layer = working_bytes(model, list(model.model.layers[0].parameters()), method, n_batches=1, batch_size=2)
+    depth 1 (+ 4 MiB for the allocator). All four blocks at once: the same measure is ≥ 1.4× the
+    streamed one (measured 1.6× for cg, 1.8× diag_fisher, 2.8× kfac; so the check can fail)."""
     one, four = _peak(tmp_path, method, 1, "one"), _peak(tmp_path, method, 4, "one")
     assert four["n_groups"] == 4 and one["n_groups"] == 1
     assert four["peak"] <= 1.15 * one["peak"] + 4 * 2 ** 20, (one, four)
     whole = _peak(tmp_path, method, 4, "all")
     assert whole["n_groups"] == 1
-    assert whole["peak"] >= four["peak"] + 0.5 * per_layer, (four, whole, per_layer)
+    assert whole["peak"] >= 1.4 * four["peak"], (four, whole)

@@ -7,6 +7,9 @@ surrogates: the one entry point and the one list of method names.
 
 g_k and H_kk are those of the MEAN loss over all batches (and over all processes when
 torch.distributed is initialised: sums are all-reduced, weighted by batch count).
+Memory: layer_gains(..., group_size=1) (or max_group_bytes=b) scores the blocks one group at a
+time (scores.streaming), so peak memory is one group's, not the model's; the scores are the same,
+each group costs its own passes (METHOD.md §1, Streaming).
 
 Methods (METHODS; scores.csv names in SCORE_METHODS)
   cg           matrix-free conjugate gradient on (H_kk + λI) d = g_k; H_kk is the Gauss–Newton
