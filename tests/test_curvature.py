@@ -283,6 +283,28 @@ def test_kfac_shared_inputs_give_the_same_scores(monkeypatch, method):
         assert shared[k] == pytest.approx(separate[k], rel=1e-9)
 
 
+@pytest.mark.parametrize("method", ["kfac", "ekfac"])
+def test_kfac_gram_path_equals_dense_eigh(monkeypatch, method):
+    """Factors from fewer rows than their size are eigendecomposed from the Gram matrix (partial
+    eigenbasis, the rest of the spectrum 0): the same ζ² and the same (K + λI)⁻¹ as the dense eigh."""
+    model = random_model(**SMOKE_CFG).double()
+    batches = _hf_batches(vocab=64, n=1, B=2, T=8)          # 2 × 4 loss tokens < 16, 32 (hidden, MLP)
+    gram = layer_gains(model, batches, method=method, progress=False)
+    kf = kfac.kfac_factors(model, batches, None, eigen_corrected=(method == "ekfac"))
+    name = next(iter(kf.blocks))
+    lin = [p for p in kf.blocks[name] if kf.is_kronecker(p)]
+    assert any(kf.eigenvalues(p).shape != p.shape for p in lin)       # the Gram path was taken
+    v = torch.randn(sum(p.numel() for p in kf.blocks[name]), dtype=torch.float64)
+    x = kf.inverse(name, v, 1e-3)
+    torch.testing.assert_close(kf.matvec(name, x, 1e-3), v, rtol=1e-8, atol=1e-8)
+    monkeypatch.setattr(kfac, "GRAM_ROWS", 0.0)
+    dense = layer_gains(model, batches, method=method, progress=False)
+    kd = kfac.kfac_factors(model, batches, None, eigen_corrected=(method == "ekfac"))
+    torch.testing.assert_close(kd.inverse(name, v, 1e-3), x, rtol=1e-6, atol=1e-8)
+    for k in gram:
+        assert gram[k] == pytest.approx(dense[k], rel=1e-7)
+
+
 def test_attn_mlp_blocks_partition_each_layer():
     model = random_model(**SMOKE_CFG)
     blk = resolve_blocks(model, "attn_mlp")

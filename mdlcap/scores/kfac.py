@@ -54,6 +54,43 @@ from mdlcap.scores.blocks import resolve_blocks
 
 SHARE_KFAC_INPUTS = True    # modules fed the same tensor (q/k/v, gate/up) share one A factor and its eigenbasis
 EKFAC_CHUNK = 2 ** 24       # elements of per-sample projected gradients formed at once (EK-FAC)
+GRAM_ROWS = 0.75            # a factor summed from n ≤ GRAM_ROWS·dim rows is eigendecomposed from its n×n Gram matrix
+
+
+class Factor:
+    """A Kronecker factor Σ_r x_r x_rᵀ (dim × dim). While it has few rows (n ≤ GRAM_ROWS·dim, one
+    process) the rows are kept and `eig` works on the n × n Gram matrix X Xᵀ (same nonzero
+    eigenvalues, eigenvectors Xᵀ U S^-1/2; the rest of the spectrum is exactly 0): an eigh of n³
+    instead of dim³. Otherwise (or under torch.distributed, whose all-reduce needs the dense sum)
+    the dense sum is accumulated."""
+
+    def __init__(self, dim, dtype, device):
+        self.dim, self.dtype, self.device = dim, dtype, device
+        self.dense, self.rows, self.n = None, [], 0
+
+    def add(self, x: torch.Tensor) -> None:
+        if self.dense is None and self.n + x.shape[0] <= GRAM_ROWS * self.dim and ag.dist_group() is None:
+            self.rows.append(x)
+        else:
+            self.fold().addmm_(x.T, x)
+        self.n += x.shape[0]
+
+    def fold(self) -> torch.Tensor:
+        """The dense sum (rows folded in)."""
+        if self.dense is None:
+            self.dense = torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.device)
+        for r in self.rows:
+            self.dense.addmm_(r.T, r)
+        self.rows = []
+        return self.dense
+
+    def gram_eig(self, scale: float):
+        """(eigenvalues, orthonormal eigenvectors dim × r) of scale·Σ x xᵀ for its r nonzero eigenvalues."""
+        x = torch.cat(self.rows) if self.rows else torch.zeros(0, self.dim, dtype=self.dtype, device=self.device)
+        s, u = torch.linalg.eigh((x @ x.T) * scale)
+        keep = s > (s.max() if s.numel() else 0) * self.dim * torch.finfo(self.dtype).eps
+        s, u = s[keep], u[:, keep]
+        return s, (x.T @ u) / torch.sqrt(s / scale)
 
 __all__ = ["SHARE_KFAC_INPUTS", "KfacHooks", "KfacFactors", "kfac_factors", "gains_kfac"]
 
@@ -87,13 +124,14 @@ class KfacHooks:
         self._owner: dict[int, tuple[str, torch.Tensor]] = {}
         self._acts: dict[str, torch.Tensor] = {}
         self._counted = False
+        self._order = None
         self._handles = []
 
-    def input_factor(self, key: str) -> torch.Tensor:
-        """Module `key`'s own A accumulator, allocated (zeros) on first use."""
+    def input_factor(self, key: str) -> Factor:
+        """Module `key`'s own A accumulator, allocated (empty) on first use."""
         if key not in self.A:
             m = self.linears[key]
-            self.A[key] = torch.zeros(m.in_features, m.in_features, dtype=self.dtype, device=m.weight.device)
+            self.A[key] = Factor(m.in_features, self.dtype, m.weight.device)
         return self.A[key]
 
     def complete_factors(self) -> None:
@@ -117,7 +155,7 @@ class KfacHooks:
                 self.input_factor(k)
             if k not in self.G:
                 m = self.linears[k]
-                self.G[k] = torch.zeros(m.out_features, m.out_features, dtype=self.dtype, device=m.weight.device)
+                self.G[k] = Factor(m.out_features, self.dtype, m.weight.device)
         self.A = {k: self.A[k] for k in keys if k in self.A}
         self.G = {k: self.G[k] for k in keys}
 
@@ -126,6 +164,7 @@ class KfacHooks:
         self._acts.clear()
         self.targets.clear()
         self.pos = pos
+        self._order = None
         self._counted = False
 
     def __enter__(self):
@@ -150,11 +189,17 @@ class KfacHooks:
         return x.reshape(-1, x.shape[-1])
 
     def _masked(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, d) with the non-loss positions zeroed, as (B, T', d) (T' = 1 for 2-d x)."""
+        """x (B, T, d) -> (B, T', d): each sample's loss positions first (T' = the most any sample
+        has), the rest zero; (B, 1, d) for 2-d x."""
         if x.dim() == 2:
             return x.unsqueeze(1)
         if self.pos is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(self.pos.shape):
-            return x * self.pos.unsqueeze(-1).to(x.dtype)
+            if self._order is None:
+                t = int(self.pos.sum(1).max().item()) if self.pos.numel() else 0
+                order = torch.argsort((~self.pos).to(torch.int8), dim=1, stable=True)[:, :t]
+                self._order = (order, self.pos.gather(1, order).unsqueeze(-1))
+            order, keep = self._order
+            return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1])) * keep.to(x.dtype)
         return x.reshape(x.shape[0], -1, x.shape[-1])
 
     def _fwd(self, key):
@@ -171,7 +216,7 @@ class KfacHooks:
             if self.mode == "factors":
                 if not shared and key not in self.alias:
                     a2 = self._rows(src.detach()).to(self.dtype)
-                    self.input_factor(key).addmm_(a2.T, a2)
+                    self.input_factor(key).add(a2)
                     if not self._counted:                     # positions counted once per forward
                         self.P += a2.shape[0]
                         self._counted = True
@@ -191,8 +236,8 @@ class KfacHooks:
             if self.mode == "factors":
                 d2 = self._rows(d)
                 if key not in self.G:
-                    self.G[key] = torch.zeros(d2.shape[-1], d2.shape[-1], dtype=self.dtype, device=d2.device)
-                self.G[key].addmm_(d2.T, d2)
+                    self.G[key] = Factor(d2.shape[-1], self.dtype, d2.device)
+                self.G[key].add(d2)
             else:
                 dq = self._masked(d) @ self.QG[key]                          # (B, T, out)
                 a = self._acts[self.alias.get(key, key)]
@@ -214,17 +259,21 @@ def _linears_by_param(model, param_ids: set[int]) -> dict[int, tuple[str, nn.Lin
     return out
 
 
-def _eigh_batched(mats: dict[str, torch.Tensor], scale: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """key -> (eigenvalues ≥ 0, eigenvectors) of mats[key] · scale; one batched eigh per size."""
+def _eigh_batched(mats: dict[str, Factor], scale: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """key -> (eigenvalues ≥ 0, eigenvectors) of mats[key] · scale: dense factors by one batched eigh
+    per size; few-row factors from their Gram matrix (eigenvectors of the nonzero eigenvalues only)."""
     by_size: dict[int, list[str]] = {}
-    for k, m in mats.items():
-        by_size.setdefault(m.shape[0], []).append(k)
     out = {}
+    for k, m in mats.items():
+        if m.dense is None:
+            out[k] = m.gram_eig(scale)
+        else:
+            by_size.setdefault(m.dim, []).append(k)
     for keys in by_size.values():
-        ev, q = torch.linalg.eigh(torch.stack([mats[k] for k in keys]) * scale)
+        ev, q = torch.linalg.eigh(torch.stack([mats[k].fold() for k in keys]) * scale)
         for j, k in enumerate(keys):
             out[k] = (ev[j].clamp_min(0), q[j])
-    return out
+    return {k: out[k] for k in mats}
 
 
 class KfacFactors:
@@ -244,12 +293,17 @@ class KfacFactors:
             raise ValueError(f"block: unknown block {name!r}; have {list(self.blocks)}")
         return self.blocks[name]
 
+    def _full(self, k) -> bool:
+        return self.QA[k].shape[0] == self.QA[k].shape[1] and self.QG[k].shape[0] == self.QG[k].shape[1]
+
     def is_kronecker(self, p) -> bool:
         """True when p is an nn.Linear weight with Kronecker factors (else: diagonal Fisher)."""
         return id(p) in self._lin
 
     def eigenvalues(self, p) -> torch.Tensor:
-        """The curvature's eigenvalues for parameter p (shape of p; diagonal entries for non-Linear p)."""
+        """The curvature's eigenvalues for parameter p: (r_G, r_A) on the Kronecker eigenbasis of an
+        nn.Linear weight (r < dim when a factor's basis is partial: the rest are 0), the diagonal
+        entries (shape of p) otherwise."""
         if id(p) in self._lin:
             k = self._lin[id(p)][0]
             if self.eigen_corrected:
@@ -274,7 +328,10 @@ class KfacFactors:
             if id(p) in self._lin:
                 k = self._lin[id(p)][0]
                 qa, qg = self.QA[k], self.QG[k]
-                out.append(qg @ ((qg.T @ x @ qa) * ev.pow(power)) @ qa.T)
+                if self._full(k):
+                    out.append(qg @ ((qg.T @ x @ qa) * ev.pow(power)) @ qa.T)
+                else:        # partial eigenbasis: the complement's eigenvalue is 0, i.e. λ here
+                    out.append(x * damping ** power + qg @ ((qg.T @ x @ qa) * (ev.pow(power) - damping ** power)) @ qa.T)
             else:
                 out.append(x * ev.pow(power))
         return torch.cat([o.reshape(-1) for o in out])
@@ -294,7 +351,13 @@ class KfacFactors:
             g = self._grads[id(p)]
             if id(p) in self._lin:
                 k = self._lin[id(p)][0]
-                g = self.QG[k].T @ g @ self.QA[k]                    # gradient in the Kronecker eigenbasis
+                gq = self.QG[k].T @ g @ self.QA[k]                   # gradient in the Kronecker eigenbasis
+                ev = self.eigenvalues(p) + damping
+                if self._full(k):
+                    total += torch.sum(gq * gq / ev).item()
+                else:        # partial eigenbasis (Gram path): the complement has eigenvalue 0
+                    total += (torch.sum(g * g) / damping + torch.sum(gq * gq * (1.0 / ev - 1.0 / damping))).item()
+                continue
             total += torch.sum(g * g / (self.eigenvalues(p) + damping)).item()
         return total
 
@@ -384,7 +447,8 @@ def kfac_factors(model, batches, blocks, *, fisher: str = "true", loss_fn=None, 
         n = ag.global_count(len(batches), device)
         hooks.complete_factors()
         counts = torch.tensor([M, hooks.P], dtype=torch.float64, device=device)
-        ag.allreduce_(g_acc + d_acc + list(hooks.A.values()) + list(hooks.G.values()) + [counts])
+        dense = [f.fold() for f in list(hooks.A.values()) + list(hooks.G.values())] if ag.dist_group() else []
+        ag.allreduce_(g_acc + d_acc + dense + [counts])
         M_tot, P_tot = max(counts[0].item(), 1.0), max(counts[1].item(), 1.0)
         a_eig = _eigh_batched(hooks.A, 1.0 / P_tot)              # one eigendecomposition per distinct input
         g_eig = _eigh_batched(hooks.G, 1.0 / (M_tot * mc))
@@ -407,11 +471,11 @@ def kfac_factors(model, batches, blocks, *, fisher: str = "true", loss_fn=None, 
 
             for b in tqdm(batches, desc="ekfac eigenvalues", disable=ag.progress_off(progress)):
                 b = ag.to_device(b, device)
-                _fisher_passes(model, b, loss_fn, fisher, fi.batch_generator(b, device, seed, stream=1), mc_samples,
+                _fisher_passes(model, b, loss_fn, fisher, fi.batch_generator(b, device, seed), mc_samples,
                                hooks, lambda bl: None, eigen_backward)
             for k in linears:
                 if k not in hooks.S:
-                    hooks.S[k] = torch.zeros_like(linears[k].weight, dtype=dtype)
+                    hooks.S[k] = torch.zeros(hooks.QG[k].shape[1], hooks.QA[k].shape[1], dtype=dtype, device=device)
             S = {k: hooks.S[k] for k in linears}
             ag.allreduce_(list(S.values()))
             for v in S.values():
