@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mdlcap.models import fingerprint_batches, fingerprint_model, random_model
-from mdlcap.scores import kfac
+from mdlcap.scores import kfac, kronecker
 from mdlcap.scores.autograd import eager_attention, mean_loss
 from mdlcap.scores.blocks import resolve_blocks
 from mdlcap.scores.newton import applied_step, block_quadratic
@@ -297,7 +297,7 @@ def test_kfac_gram_path_equals_dense_eigh(monkeypatch, method):
     v = torch.randn(sum(p.numel() for p in kf.blocks[name]), dtype=torch.float64)
     x = kf.inverse(name, v, 1e-3)
     torch.testing.assert_close(kf.matvec(name, x, 1e-3), v, rtol=1e-8, atol=1e-8)
-    monkeypatch.setattr(kfac, "GRAM_ROWS", 0.0)
+    monkeypatch.setattr(kronecker, "GRAM_ROWS", 0.0)
     dense = layer_gains(model, batches, method=method, progress=False)
     kd = kfac.kfac_factors(model, batches, None, eigen_corrected=(method == "ekfac"))
     torch.testing.assert_close(kd.inverse(name, v, 1e-3), x, rtol=1e-6, atol=1e-8)

@@ -14,7 +14,8 @@ loss_fn with 2-d inputs; all positions for a custom loss_fn with 3-d inputs, as 
 pooled over all batches (and processes). Eigenbasis Q_A ⊗ Q_G, and ζ² = Σ (Q_Gᵀ g Q_A)² / (ev + λ):
   kfac   ev = eigenvalues of A ⊗ G (outer product of the factors' eigenvalues)
   ekfac  the same eigenbasis, ev re-fitted to the per-sequence gradients Σ_t g_t a_tᵀ projected on
-         it, squared, / M (George et al. 2018); one more pass over the batches (fresh draws)
+         it, squared, / M (George et al. 2018); one more pass over the batches, with the factor
+         pass's label draws (so every g_t lies in G's span: see scores.kronecker's Gram path)
 Parameters that are not nn.Linear weights (norms, biases) use the diagonal of the Fisher from the
 batch gradient of S, squared, / M (unbiased for the true Fisher's diagonal: cross-sequence terms
 vanish in expectation as the cross-token ones do; for the empirical Fisher a coarser estimate).
@@ -33,7 +34,8 @@ Deviations, with reasons:
 Cost per batch: one forward; the true-loss backward for g (parameters of the scored blocks only);
 the Fisher backward w.r.t. the Linear modules' inputs only (no weight gradients), with the factor
 hooks active only there; one eigendecomposition per distinct factor (q/k/v and gate/up share A),
-batched over factors of equal size.
+batched over factors of equal size, or of the n × n Gram matrix when a factor has n < dim rows
+(scores.kronecker).
 
 Public API for preconditioning (scores.newton):
     kf = kfac_factors(model, batches, blocks, fisher="true")
@@ -50,48 +52,12 @@ from tqdm.auto import tqdm
 
 from mdlcap.scores import autograd as ag
 from mdlcap.scores import fisher as fi
+from mdlcap.scores import kronecker as kr
 from mdlcap.scores.blocks import resolve_blocks
+from mdlcap.scores.kronecker import Factor
 
 SHARE_KFAC_INPUTS = True    # modules fed the same tensor (q/k/v, gate/up) share one A factor and its eigenbasis
 EKFAC_CHUNK = 2 ** 24       # elements of per-sample projected gradients formed at once (EK-FAC)
-GRAM_ROWS = 0.75            # a factor summed from n ≤ GRAM_ROWS·dim rows is eigendecomposed from its n×n Gram matrix
-
-
-class Factor:
-    """A Kronecker factor Σ_r x_r x_rᵀ (dim × dim). While it has few rows (n ≤ GRAM_ROWS·dim, one
-    process) the rows are kept and `eig` works on the n × n Gram matrix X Xᵀ (same nonzero
-    eigenvalues, eigenvectors Xᵀ U S^-1/2; the rest of the spectrum is exactly 0): an eigh of n³
-    instead of dim³. Otherwise (or under torch.distributed, whose all-reduce needs the dense sum)
-    the dense sum is accumulated."""
-
-    def __init__(self, dim, dtype, device):
-        self.dim, self.dtype, self.device = dim, dtype, device
-        self.dense, self.rows, self.n = None, [], 0
-
-    def add(self, x: torch.Tensor) -> None:
-        if self.dense is None and self.n + x.shape[0] <= GRAM_ROWS * self.dim and ag.dist_group() is None:
-            self.rows.append(x)
-        else:
-            self.fold().addmm_(x.T, x)
-        self.n += x.shape[0]
-
-    def fold(self) -> torch.Tensor:
-        """The dense sum (rows folded in)."""
-        if self.dense is None:
-            self.dense = torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.device)
-        for r in self.rows:
-            self.dense.addmm_(r.T, r)
-        self.rows = []
-        return self.dense
-
-    def gram_eig(self, scale: float):
-        """(eigenvalues, orthonormal eigenvectors dim × r) of scale·Σ x xᵀ for its r nonzero eigenvalues."""
-        x = torch.cat(self.rows) if self.rows else torch.zeros(0, self.dim, dtype=self.dtype, device=self.device)
-        s, u = torch.linalg.eigh((x @ x.T) * scale)
-        keep = s > (s.max() if s.numel() else 0) * self.dim * torch.finfo(self.dtype).eps
-        s, u = s[keep], u[:, keep]
-        return s, (x.T @ u) / torch.sqrt(s / scale)
-
 __all__ = ["SHARE_KFAC_INPUTS", "KfacHooks", "KfacFactors", "kfac_factors", "gains_kfac"]
 
 
@@ -257,23 +223,6 @@ def _linears_by_param(model, param_ids: set[int]) -> dict[int, tuple[str, nn.Lin
         if isinstance(m, nn.Linear) and id(m.weight) in param_ids:
             out[id(m.weight)] = (name, m)
     return out
-
-
-def _eigh_batched(mats: dict[str, Factor], scale: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """key -> (eigenvalues ≥ 0, eigenvectors) of mats[key] · scale: dense factors by one batched eigh
-    per size; few-row factors from their Gram matrix (eigenvectors of the nonzero eigenvalues only)."""
-    by_size: dict[int, list[str]] = {}
-    out = {}
-    for k, m in mats.items():
-        if m.dense is None:
-            out[k] = m.gram_eig(scale)
-        else:
-            by_size.setdefault(m.dim, []).append(k)
-    for keys in by_size.values():
-        ev, q = torch.linalg.eigh(torch.stack([mats[k].fold() for k in keys]) * scale)
-        for j, k in enumerate(keys):
-            out[k] = (ev[j].clamp_min(0), q[j])
-    return {k: out[k] for k in mats}
 
 
 class KfacFactors:
@@ -450,8 +399,8 @@ def kfac_factors(model, batches, blocks, *, fisher: str = "true", loss_fn=None, 
         dense = [f.fold() for f in list(hooks.A.values()) + list(hooks.G.values())] if ag.dist_group() else []
         ag.allreduce_(g_acc + d_acc + dense + [counts])
         M_tot, P_tot = max(counts[0].item(), 1.0), max(counts[1].item(), 1.0)
-        a_eig = _eigh_batched(hooks.A, 1.0 / P_tot)              # one eigendecomposition per distinct input
-        g_eig = _eigh_batched(hooks.G, 1.0 / (M_tot * mc))
+        a_eig = kr.eigh_batched(hooks.A, 1.0 / P_tot)              # one eigendecomposition per distinct input
+        g_eig = kr.eigh_batched(hooks.G, 1.0 / (M_tot * mc))
         eig = {}
         for k in linears:
             ea, qa = a_eig[hooks.alias.get(k, k)]
