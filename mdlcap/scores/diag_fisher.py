@@ -2,9 +2,10 @@
 (scores.fisher: true Fisher by default, labels drawn from the model; empirical on request):
 ζ_k² = Σ_j g_j² / (F_jj + λ), F_jj = (1/M) Σ_i (∂S_i/∂θ_j)², S_i the token-SUM loss of sequence i.
 
-granularity "sample": S_i per sequence (one forward and backward per sample); g = Σ_i ∇S_i^true
-/ M_b per batch (Hugging Face batches: the per-sample token sums of the true labels add up to
-M_b × the batch's mean loss), or from one batch pass for a custom loss_fn (its reduction is unknown).
+granularity "sample": S_i per sequence (one forward and backward per sample, per draw); g from
+one batch pass (true Fisher; custom loss_fn, whose reduction over samples is unknown), or, for the
+empirical Fisher of Hugging Face batches, Σ_i ∇S_i^true / M_b from the same per-sample backwards
+(the per-sample token sums of the true labels add up to M_b × the batch's mean loss).
 granularity "batch": S_b of the whole batch (one backward per batch): for the true Fisher the
 cross-sequence terms vanish in expectation as the cross-token ones do, so the estimate is unbiased
 too, with more variance; for the empirical Fisher they remain (a coarser estimate).
@@ -57,11 +58,15 @@ def gains_diag_fisher(model, batches, blocks, *, damping, loss_fn, progress, gra
             if granularity == "batch":
                 M += accumulate(b, gen, Mb)
                 continue
-            if pos is None:  # custom loss_fn: g from one batch pass (its reduction over samples is unknown)
+            # g from one batch pass: for a custom loss_fn (its reduction over samples is unknown) and for
+            # the true Fisher (cheaper than a second backward per sample); the empirical Fisher's
+            # per-sample backward of the true token sum gives g as well
+            per_sample_g = pos is not None and fisher == "empirical"
+            if not per_sample_g:
                 for a, g in zip(g_acc, ag.grads(ag.call_loss(model, b, loss_fn)[0], all_params)):
                     a += g.to(dtype)
             for s in ag.split_samples(b):
-                M += accumulate(s, gen, Mb if pos is not None else None)
+                M += accumulate(s, gen, Mb if per_sample_g else None)
     ag.allreduce_(g_acc + f_acc)
     n = ag.global_count(len(batches), device)
     counts = torch.tensor([M], dtype=torch.float64, device=device)
