@@ -44,11 +44,18 @@ def test_zeta_claim_reads_validation_table(tmp_path):
     d = tmp_path / "02_curvature_scores"
     d.mkdir()
     pd.DataFrame({"method": ["cg_ggn", "grad_norm"], "target": ["finetune_heldout_decrease"] * 2,
-                  "spearman": [0.9, 0.5], "kendall": [0.8, 0.4]}).to_csv(d / "validation_rank_correlation.csv", index=False)
-    pd.DataFrame({"damping": [1e-3], "method": ["cg_ggn"], "spearman_finetune": [0.9],
-                  "grad_norm_spearman": [0.5], "cg_rel_residual_median": [0.1]}).to_csv(d / "validation_vs_damping.csv", index=False)
+                  "spearman": [0.9, 0.5], "kendall": [0.8, 0.4],
+                  "assessable": [True, True]}).to_csv(d / "validation_rank_correlation.csv", index=False)
+    pd.DataFrame({"damping": [1e-3], "method": ["cg_ggn"], "spearman_finetune": [0.9], "grad_norm_spearman": [0.5],
+                  "cg_rel_residual_median": [1e-4], "converged": [True]}).to_csv(d / "validation_vs_damping.csv", index=False)
     row = report.claims_table(tmp_path).iloc[[c.text.startswith("ζ² ranks") for c in claims.CLAIMS]].iloc[0]
     assert row.verdict == "reproduced" and "+0.90" in row.ours
+    # the same ρ from unconverged CG solves is no verdict: "not assessable", no number for ζ²
+    pd.DataFrame({"method": ["cg_ggn", "grad_norm"], "target": ["finetune_heldout_decrease"] * 2,
+                  "spearman": [0.9, 0.5], "kendall": [0.8, 0.4],
+                  "assessable": [False, True]}).to_csv(d / "validation_rank_correlation.csv", index=False)
+    row = report.claims_table(tmp_path).iloc[[c.text.startswith("ζ² ranks") for c in claims.CLAIMS]].iloc[0]
+    assert row.verdict == "not assessable" and row.ours.startswith("ζ² (CG-GGN) not assessable")
 
 
 def test_build_and_readme_section(tmp_path):
