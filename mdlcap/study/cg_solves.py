@@ -33,8 +33,10 @@ NOT_ASSESSABLE = "not assessable"
 
 
 def solve_kwargs(sp) -> dict:
-    """layer_gains keywords of every CG solve of notebook 02 (iterations, tolerance, preconditioner)."""
-    return {"max_iter": sp.cg_max_iter, "tol": sp.cg_tol, "preconditioner": sp.cg_preconditioner}
+    """layer_gains keywords of every CG solve of notebook 02 (iterations, tolerance, preconditioner,
+    streaming group size)."""
+    return {"max_iter": sp.cg_max_iter, "tol": sp.cg_tol, "preconditioner": sp.cg_preconditioner,
+            "group_size": sp.group_size}
 
 
 def block_converged(diag: dict) -> bool:

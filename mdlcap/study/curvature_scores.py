@@ -142,7 +142,7 @@ def score_batches(model, sp, task: str, methods, batches, layerif_data=None, *, 
                              "grid": None if sp.cg_damping_policy == "fixed" else list(sp.lambda_grid)})
         else:
             fn = (lambda m=m: layer_gains(model, batches, method=m, damping=sp.damping, blocks=blocks,
-                                          progress=progress))
+                                          group_size=sp.group_size, progress=progress))
             out[m] = cached(m, batches, timed(fn, batches))
     pools = [m for m in methods if m in LAYERIF_POOLS]
     if pools:

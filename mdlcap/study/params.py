@@ -96,6 +96,8 @@ class ScoringParams:
     batch_size: int = 8
     max_len: int = 128                   # tokens per example / calibration window
     blocks: Literal["layer", "attn_mlp"] = "layer"
+    group_size: int | None = None        # blocks scored per streaming group (layer_gains): None = all at once;
+    #                                      1 keeps peak memory at one block's (7B), each group its own passes
     layerif_train: int = 64              # training samples whose influence LayerIF sums
     layerif_val: int = 32                # validation samples for the validation-loss gradient
     layerif_damping_scale: float = 0.1   # DataInf: λ_t = c · mean_j ‖g_j,t‖² / d_t per LoRA tensor t
@@ -363,6 +365,8 @@ def _check_values(p: Params, src: str) -> None:
                 "appendix_c_layers", "appendix_c_iter"):
         need(getattr(p.scoring, key) >= 1, f"scoring.{key}", "must be >= 1")
     need(p.scoring.max_len >= 2, "scoring.max_len", "must be >= 2")
+    need(p.scoring.group_size is None or (isinstance(p.scoring.group_size, int) and p.scoring.group_size >= 1),
+         "scoring.group_size", "must be null (all blocks at once) or an integer >= 1")
     need(p.scoring.validation_steps >= 0, "scoring.validation_steps", "must be >= 0")
     need(p.scoring.validation_lr > 0, "scoring.validation_lr", "must be > 0")
     from mdlcap.study.paper import THRESHOLDS
