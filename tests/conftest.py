@@ -17,6 +17,22 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MDLCAP_ROOT", str(ROOT))
 
 
+def lm_batches(n: int = 2, B: int = 3, T: int = 8, *, vocab: int = 64, n_loss: int | None = None,
+               seed: int = 0) -> list[dict]:
+    """n random token batches (B x T) whose last `n_loss` labels (default T // 2) carry the loss and
+    the rest are prompt (-100), as mdlcap.default.data.task_batches builds them."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    n_loss = T - T // 2 if n_loss is None else n_loss
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, vocab, (B, T), generator=g)
+        lab = ids.clone()
+        lab[:, : T - n_loss] = -100
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": lab})
+    return out
+
+
 def run_notebook(stem: str, params: str = SMOKE, **parameters) -> Path:
     """Execute notebooks/<stem>.ipynb with papermill; return the notebook's output folder.
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import lm_batches
 
 from mdlcap.models import random_model
 from mdlcap.scores.blocks import Gains
@@ -21,14 +22,7 @@ CFG = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layer
 
 
 def _batches(n=2, B=3, T=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(0, 64, (B, T), generator=g)
-        lab = ids.clone()
-        lab[:, : T // 2] = -100
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": lab})
-    return out
+    return lm_batches(n, B, T, vocab=64, seed=seed)
 
 
 def _sp(**kw):

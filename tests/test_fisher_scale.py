@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import lm_batches
 
 from mdlcap.models import random_model
 from mdlcap.scores.registry import layer_gains
@@ -26,14 +27,7 @@ def _model():
 
 def _batches(n_loss, n=2, B=4, seed=0):
     """Sequences of SEQ tokens whose last `n_loss` next-token predictions are the loss (the rest prompt)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(0, 32, (B, SEQ), generator=g)
-        lab = ids.clone()
-        lab[:, : SEQ - n_loss] = -100
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": lab})
-    return out
+    return lm_batches(n, B, SEQ, vocab=32, n_loss=n_loss, seed=seed)
 
 
 def _ratios(model, batches, method, fisher):

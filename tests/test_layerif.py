@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import lm_batches
 
 from mdlcap.models import random_model
 from mdlcap.scores import influence as I
@@ -15,14 +16,7 @@ CFG = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layer
 
 
 def _batches(n, B=3, T=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(0, 64, (B, T), generator=g)
-        lab = ids.clone()
-        lab[:, : T // 2] = -100
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": lab})
-    return out
+    return lm_batches(n, B, T, vocab=64, seed=seed)
 
 
 def test_lora_influence_is_datainf_on_the_lora_tensors_and_cached(tmp_path, monkeypatch):
