@@ -60,3 +60,18 @@ def test_pair_input_and_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="target_modules"):
         L.lora_finetuned(model, L.LayerIFData(_batches(1), _batches(1), steps=1, target_modules=("nothing_here",)),
                          use_cache=False, progress=False)
+
+
+def test_pruning_source_runs_on_the_base_model_weights():
+    """Task "calibration" (the pruning source) has no LoRA: DataInf on the base model's own weights,
+    equal to scores.influence.layer_influence on it, and a cache key apart from the LoRA setting."""
+    assert L.setting_for("calibration") == "base" and L.setting_for("cola") == "lora"
+    model = random_model(**CFG)
+    data = L.LayerIFData(_batches(1, seed=1), _batches(1, seed=2), setting="base")
+    inf, meta = L.layerif_influence(model, data, progress=False)
+    ref = I.layer_influence(model, data.train, data.val, progress=False)
+    assert meta["setting"] == "base" and meta["finetune_steps"] == 0
+    assert np.allclose(inf.values, ref.values)
+    assert data.lora_spec() == {"setting": "base"}
+    with pytest.raises(ValueError, match="setting"):
+        L.layerif_influence(model, L.LayerIFData(data.train, data.val, setting="nope"), progress=False)

@@ -262,3 +262,24 @@ def test_bench_tables_on_a_small_model(model, batches, tmp_cache, monkeypatch):
     assert np.allclose(sweep["measured_global"], sweep["target"], atol=0.5 / 32)
     # the sweep's uniform 0.5 wanda model is the table's: one cache entry, counted once
     assert len(bench.keys) == 1 + 2 + 1 + 1
+
+
+def test_ratio_plan_keeps_a_source_without_positive_scores_for_the_map_only():
+    """LayerIF can find every layer's data net harmful: q is undefined (scores_frame writes NaN), the
+    LayerIF map still uses the signed scores, MDL rows are not computed and the plan says why."""
+    import warnings as W
+    import numpy as np
+    import pandas as pd
+    from mdlcap.scores.table import scores_frame
+    from mdlcap.study.params import PruningParams
+    from mdlcap.study.pruning_ratios import ratio_plan
+    df = scores_frame({("calibration", "layerif_all"): {"layers.0": -3.0, "layers.1": -1.0, "layers.2": -2.0}})
+    assert df["q"].isna().all() and (df["score"] < 0).all()
+    with W.catch_warnings(record=True) as caught:
+        W.simplefilter("always")
+        plan = ratio_plan(df, [10, 10, 10], None, PruningParams(), methods=("uniform", "layerif", "mdl", "mdl_eq"))
+    assert set(plan["ratio_method"]) == {"uniform", "layerif"}
+    assert plan.attrs["unusable"] and "q is undefined" in plan.attrs["unusable"][0]
+    assert any("q is undefined" in str(w.message) for w in caught)
+    lif = plan[plan["ratio_method"] == "layerif"].sort_values("layer")["ratio"].to_numpy()
+    assert np.average(lif, weights=[10, 10, 10]) == pytest.approx(0.5) and lif[1] < lif[2] < lif[0]

@@ -21,16 +21,16 @@ def scores_frame(results: Mapping[tuple[str, str], Mapping[str, float]]):
     """{(task, method): {block: score}} -> long DataFrame task, method, layer, score, q (Eq 10: q on
     the simplex). `score` is kept as computed (signed for LayerIF); q comes from
     `scores_from_gains`, the one place that maps a negative score to q = 0 (a layer with no
-    positive gain gets no capacity)."""
+    positive gain gets no capacity). A source with no positive score at all (LayerIF where every
+    layer's training data is net harmful) keeps its scores and gets q = NaN: q is undefined, and
+    the programs that need it say so (`mdlcap.study.pruning_ratios.source_scores`)."""
     import pandas as pd
     rows = []
     for (task, method), gains in results.items():
         vals = [float(v) for v in gains.values()]
         if any(not math.isfinite(v) for v in vals):
             raise ValueError(f"results: scores for ({task}, {method}) must be finite")
-        if not any(v > 0 for v in vals):
-            raise ValueError(f"results: scores for ({task}, {method}) have no positive entry (all zero or negative); q is undefined")
-        q = scores_from_gains(vals)
+        q = scores_from_gains(vals) if any(v > 0 for v in vals) else [math.nan] * len(vals)
         for layer, v in enumerate(vals):
             rows.append({"task": task, "method": method, "layer": layer, "score": v, "q": float(q[layer])})
     return pd.DataFrame(rows, columns=COLUMNS)

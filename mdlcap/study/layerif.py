@@ -24,6 +24,10 @@ LayerIF_Computation/lora_model_alpha.py) loads the base model without an adapter
 self-attention weights of each layer, per tensor: that variant is `layer_influence` on the base
 model (kept as a labelled extra, not a scores.csv method).
 
+The pruning source (task "calibration") runs in the "base" setting (`setting_for`): DataInf on the
+base model's decoder-layer weights per tensor, LayerIF's own setting, since the pruned model has no
+adapter and no task.
+
 Also: the blocks are always the decoder layers (scoring.blocks = "attn_mlp" does not split LayerIF);
 the LoRA goes on a deep copy of the model (twice the model's memory while LayerIF runs); under a
 multi-process launch `finetune` trains it under DDP (identical adapters on every process) and
@@ -62,11 +66,14 @@ class LayerIFData:
     lr: float = 3e-4
     seed: int = 0
     extra: dict = field(default_factory=dict)
+    setting: str = "lora"        # "lora": DataInf on a task LoRA; "base": the base model's own weights
 
     def __iter__(self):                      # unpacks as (train, val) like the earlier sample pair
         return iter((self.train, self.val))
 
     def lora_spec(self) -> dict:
+        if self.setting == "base":
+            return {"setting": "base"}
         return {"r": int(self.r), "alpha": float(self.alpha), "target_modules": list(self.target_modules),
                 "steps": int(self.steps), "lr": float(self.lr), "seed": int(self.seed),
                 "dropout": LORA_DROPOUT, "warmup_ratio": WARMUP_RATIO,
@@ -83,7 +90,16 @@ def with_lora_setup(params, task: str, train, val, finetune_batches=None) -> Lay
     return LayerIFData(list(train), list(val), None if finetune_batches is None else list(finetune_batches),
                        r=a.lora_r, alpha=a.lora_alpha, target_modules=tuple(a.target_modules),
                        steps=sp.layerif_lora_steps, lr=sp.layerif_lora_lr, seed=params.run.seed,
-                       extra={"task": task})
+                       extra={"task": task}, setting=setting_for(task))
+
+
+def setting_for(task: str) -> str:
+    """"base" for the pruning source (task "calibration"): the model pruned is the base model and
+    there is no task to fine-tune a LoRA for, so DataInf runs on the base model's own decoder-layer
+    weights, per tensor, as LayerIF's public code does (LayerIF_Computation: base model, no adapter).
+    A LoRA fine-tuned on the 64 calibration windows overfits them: at its end every layer's summed
+    influence on held-out text was harmful (no positive score, q undefined). "lora" for fine-tune tasks."""
+    return "base" if task == "calibration" else "lora"
 
 
 def as_layerif_data(obj, sp) -> LayerIFData:
@@ -176,6 +192,16 @@ def layerif_influence(model, data, *, sp=None, damping_scale: float = 0.1, model
     (a LayerIFData, or a (train, val) pair with `sp` the scoring section). meta: fine-tuning
     seconds and steps, influence seconds, per-sample backward passes, LoRA tensor count."""
     data = as_layerif_data(data, sp) if not isinstance(data, LayerIFData) else data
+    if data.setting == "base":
+        t0 = time.perf_counter()
+        inf = influence.layer_influence(model, data.train, data.val, damping_scale=damping_scale, progress=progress)
+        meta = {"influence_seconds": time.perf_counter() - t0, "finetune_seconds": 0.0, "finetune_steps": 0,
+                "sample_backward_passes": inf.diagnostics["sample_backward_passes"],
+                "n_tensors": inf.diagnostics["n_tensors"], "setting": "base"}
+        inf.diagnostics.update(meta)
+        return inf, meta
+    if data.setting != "lora":
+        raise ValueError(f"setting: must be 'lora' or 'base', got {data.setting!r}")
     peft_model, meta = lora_finetuned(model, data, model_key=model_key, use_cache=use_cache, progress=progress)
     t0 = time.perf_counter()
     inf = influence.layer_influence(peft_model, data.train, data.val, blocks=lora_blocks(peft_model),

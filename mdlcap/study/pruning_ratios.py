@@ -17,6 +17,7 @@ mdl and is evaluated once (the cache is keyed by the ratios).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -64,12 +65,16 @@ def source_scores(g: pd.DataFrame, n_layers: int, label: str) -> tuple[np.ndarra
     """(q, score) of one score source (its scores.csv rows), checked: q is what the programs take
     (finite, ≥ 0, some > 0: `scores_from_gains` wrote it, mapping negative scores to 0), `score`
     the signed value the LayerIF map uses (q where an older scores.csv has no score column).
-    Raises ValueError naming the source and the rule: a source is never dropped silently."""
+    Raises ValueError naming the source and the rule: a source is never dropped silently. A source
+    with no positive score returns q = None (undefined: the MDL programs cannot use it; `ratio_plan`
+    warns and records it in the plan's attrs["unusable"])."""
     g = g.sort_values("layer")
     q = g["q"].to_numpy(float)
     raw = g["score"].to_numpy(float) if "score" in g else q
     if q.size != n_layers:
         raise ValueError(f"scores: {label} has {q.size} layers, the model {n_layers}")
+    if np.isnan(q).all() and np.isfinite(raw).all() and not (raw > 0).any():
+        return None, raw             # no layer has a positive score: q undefined (scores_frame), map still usable
     if not (np.isfinite(q).all() and np.isfinite(raw).all()):
         raise ValueError(f"scores: {label} has non-finite q or score at layers "
                          f"{np.flatnonzero(~(np.isfinite(q) & np.isfinite(raw))).tolist()}")
@@ -95,7 +100,7 @@ def ratio_plan(scores, sizes, outliers, pp, target: float | None = None, rho_max
     s = pp.target if target is None else float(target)
     rmax = pp.rho_max if rho_max is None else float(rho_max)
     N = np.asarray(sizes, dtype=float)
-    rows = []
+    rows, unusable = [], []
 
     def add(method, smethod, stask, r):
         rows.extend({"ratio_method": method, "score_method": smethod, "score_task": stask, "layer": k,
@@ -117,6 +122,11 @@ def ratio_plan(scores, sizes, outliers, pp, target: float | None = None, rho_max
             q, raw = source_scores(g, N.size, f"{smethod}/{stask}")
             if "layerif" in methods:
                 add("layerif", smethod, stask, at("layerif", s, raw))
+            if q is None:
+                why = f"{smethod}/{stask}: no layer has a positive score, q is undefined; MDL rows not computed"
+                warnings.warn(why)
+                unusable.append(why)
+                continue
             prog = dict(bits=pp.bits, lam=pp.lam, gamma=pp.gamma)
             if "mdl" in methods:
                 r = mdl_ratios(q, N, s, rho_max=rmax, **prog)
@@ -130,7 +140,9 @@ def ratio_plan(scores, sizes, outliers, pp, target: float | None = None, rho_max
                 add("mdl_eq", smethod, stask, mdl_ratios(q, N, s, rho_max=rmax, equality=True, **prog))
             if "mdl_eq_free" in methods:     # equality variant without the paper's clip (rho_max = 1)
                 add("mdl_eq_free", smethod, stask, mdl_ratios(q, N, s, rho_max=1.0, equality=True, **prog))
-    return pd.DataFrame(rows)
+    plan = pd.DataFrame(rows)
+    plan.attrs["unusable"] = unusable
+    return plan
 
 
 def compared_at(key: tuple, vectors: dict[tuple, np.ndarray], sizes, target: float) -> float:
