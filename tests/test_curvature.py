@@ -365,8 +365,10 @@ def test_scores_frame_and_load_scores(tmp_path):
     assert len(load_scores(tmp_path, method="kfac")) == 2
     with pytest.raises(ValueError, match="task"):
         load_scores(tmp_path, task="nope")
-    with pytest.raises(ValueError, match="all zero"):
-        scores_frame({("t", "m"): {"a": 0.0}})
+    none = scores_frame({("t", "m"): {"a": 0.0, "b": -1.0}})       # no positive score: q undefined, scores kept
+    assert none["q"].isna().all() and none["score"].tolist() == [0.0, -1.0]
+    with pytest.raises(ValueError, match="finite"):
+        scores_frame({("t", "m"): {"a": float("nan")}})
 
 
 @pytest.mark.parametrize("kwargs,match", [
