@@ -118,3 +118,36 @@ def interval_verdict(ci_low: float, ci_high: float, claim: float, mde: float | N
             return "underpowered"
         return "consistent, not significant"
     return "reproduced"
+
+
+# ----------------------------------------------------------------------------- the interval tables
+# Every notebook that compares methods writes its verdicts as rows of this one schema
+# (<notebook>/intervals.csv), which claims.py and the report read back.
+INTERVAL_COLUMNS = ("comparison", "task", "metric", "diff", "ci_low", "ci_high", "se", "mde", "n_seeds",
+                    "n_items", "confidence", "method", "claim", "verdict")
+
+
+def interval_row(comparison: str, task: str, metric: str, res: dict, claim: float | None) -> dict:
+    """One row of an intervals table: `res` from `paired_interval`, `claim` the paper's value of
+    the same difference (None: no claim; the verdict then only says whether the interval
+    excludes 0: "positive", "negative" or "no resolvable difference")."""
+    lo, hi = res["ci_low"], res["ci_high"]
+    if claim is None or (isinstance(claim, float) and math.isnan(claim)):
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            verdict = "not assessable"
+        else:
+            verdict = "positive" if lo > 0 else "negative" if hi < 0 else "no resolvable difference"
+        claim = math.nan
+    else:
+        verdict = interval_verdict(lo, hi, float(claim), res.get("mde"))
+    return {"comparison": comparison, "task": task, "metric": metric, "diff": res["diff"], "ci_low": lo,
+            "ci_high": hi, "se": res["se"], "mde": res["mde"], "n_seeds": res["n_seeds"],
+            "n_items": res["n_items"], "confidence": res["confidence"], "method": res["method"],
+            "claim": claim, "verdict": verdict}
+
+
+def interval_frame(rows) -> "pd.DataFrame":
+    """The rows of `interval_row` as a frame in INTERVAL_COLUMNS order (empty frame with the
+    columns when there are none)."""
+    import pandas as pd
+    return pd.DataFrame(list(rows), columns=list(INTERVAL_COLUMNS))
