@@ -96,3 +96,16 @@ THRESHOLDS = {
     "above_chance_z": 2.0,           # notebook 00: a task is answered above chance when z > this
     "cg_rel_residual": 1e-3,         # notebook 02: a ζ² solve is converged at ‖b − (H+λI)x‖/‖b‖ <= this (issue 14)
 }
+
+
+# --------------------------------------------------------------------------- interval tables
+# The names under which notebooks write their paired comparisons to <notebook>/intervals.csv
+# (schema: mdlcap.study.stats.INTERVAL_COLUMNS) and claims.py reads them back.
+ALLOCATION_COMPARISONS = {           # notebook 03: comparison -> (baseline method, MDL method)
+    "MDL - LayerIF (All)": ("layerif_all", "mdl_layerif_all"),
+    "MDL - LayerIF (+ve)": ("layerif_pos", "mdl_layerif_pos"),
+    "MDL - uniform": ("uniform", "mdl_cg_ggn"),
+}
+ALLOCATION_METRIC = "accuracy_points"           # test accuracy, percentage points
+PRUNING_METRICS = ("perplexity_rel", "zeroshot_points")   # notebook 04: relative ppl change; zero-shot points
+AVERAGE_TASK = "Average"                         # the task-average row of every intervals table
