@@ -39,7 +39,7 @@ CODE_VERSIONS = {
     "scores": "3",       # per-layer gains and influence scores (2: LayerIF on a LoRA, DataInf per tensor, no offset;
                          # 3: diag_fisher/kfac/ekfac = true Fisher of the mean loss over loss tokens)
     "finetune": "1",     # one fine-tuning cell (task, allocation, seed)
-    "pruning": "1",      # one pruning configuration's evaluation
+    "pruning": "2",      # one pruning configuration's evaluation; 2: per-window held-out losses, per-item zero-shot
     "precision": "3",    # CAQ: trained weights and per-(model, seed) study tables
 }
 

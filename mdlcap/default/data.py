@@ -42,7 +42,8 @@ def data_spec(params) -> dict[str, Any]:
     d = params.data
     return {"seed": d.seed, "finetune": d.finetune_tasks, "zeroshot": d.zeroshot_tasks,
             "n": [d.n_train, d.n_validation, d.n_test, d.n_calibration, d.n_heldout, d.calibration_seq_len],
-            "source": d.source, "corpus": corpus_version()}
+            "source": d.source, "corpus": corpus_version(),
+            **({} if getattr(d, "n_zeroshot_test", None) is None else {"n_zeroshot": d.n_zeroshot_test})}
 
 
 def data_key(params) -> str:

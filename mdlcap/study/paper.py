@@ -89,6 +89,8 @@ THRESHOLDS = {
     "allocation_z": 2.0,             # notebook 03: |MDL - LayerIF| > z paired standard errors
     "sciq_gain_points": 5.0,         # "largest single gain on ScienceQA": reproduced above this many points
     "pruning_parity_points": 1.0,    # Tables 1-2 "match": |MDL - LayerIF| at most this many points
+    "zeroshot_mean_se_points": 1.0,  # notebook 04: binomial s.e. of the seven-task zero-shot mean at most this
+    "pruning_design_rel_ppl": 0.20,  # notebook 04: 50 % uniform magnitude must raise held-out perplexity this much
     "uniform_ratio_spread": 1e-9,    # a ratio vector with max - min below this is uniform
     "sweep_rel_gain": 0.05,          # notebook 04: layer-wise ratios "matter" above 5 % lower perplexity
     "regret_slope_tolerance": 0.2,   # Thm 4: fitted log-log slope within this of CLAIMED order 2

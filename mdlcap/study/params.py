@@ -78,6 +78,8 @@ class DataParams:
     n_calibration: int = 64              # calibration sequences (C4 stand-in)
     calibration_seq_len: int = 128
     n_heldout: int = 64                  # held-out sequences for perplexity
+    n_zeroshot_test: int | None = None   # test items per generated zero-shot task (None: n_test); notebook 04's
+    #                                      seven-task mean needs >= 358 for a binomial s.e. <= 1 point at p = 0.5
     zeroshot_limit: int | None = None    # lm-eval `limit` per task
 
 
@@ -164,6 +166,9 @@ class PruningParams:
     sparsegpt_blocksize: int = 128
     calibration_sequences: int | None = None   # calibration sequences used for pruning (None: all)
     eval_limit: int | None = None              # lm-eval limit per task for pruned models (None: data.zeroshot_limit)
+    zeroshot_methods: list[str] = field(default_factory=lambda: list(registries()["ratios"]))  # table rows scored
+    #                                          on zero-shot too ("<m>@mdl" when m and mdl are listed); others: perplexity
+    zeroshot_score_methods: list[str] = field(default_factory=list)   # their score methods ([] = all)
 
 
 @dataclass
@@ -354,10 +359,14 @@ def _check_values(p: Params, src: str) -> None:
     need(pr.owl_lambda >= 0 and pr.owl_m > 0, "pruning.owl_lambda", "must be >= 0 (and owl_m > 0)")
     need(pr.sparsegpt_damp > 0 and pr.sparsegpt_blocksize > 0, "pruning.sparsegpt_damp", "and sparsegpt_blocksize must be > 0")
     need(pr.eval_limit is None or pr.eval_limit > 0, "pruning.eval_limit", "must be > 0 or null")
+    need(p.data.n_zeroshot_test is None or p.data.n_zeroshot_test >= 1, "data.n_zeroshot_test", "must be >= 1 or null")
+    need(all(x in ratio_methods for x in pr.zeroshot_methods), "pruning.zeroshot_methods",
+         f"must be a subset of {list(ratio_methods)}")
     need(pr.calibration_sequences is None or pr.calibration_sequences > 0, "pruning.calibration_sequences", "must be > 0 or null")
     need(p.scoring.damping > 0, "scoring.damping", "must be > 0")
     _score_methods = names["scoring"]
-    for key, listed in (("pruning.score_methods", pr.score_methods), ("transfer.methods", p.transfer.methods)):
+    for key, listed in (("pruning.score_methods", pr.score_methods), ("transfer.methods", p.transfer.methods),
+                        ("pruning.zeroshot_score_methods", pr.zeroshot_score_methods)):
         need(all(m in _score_methods for m in listed), key, f"must be a subset of {list(_score_methods)}")
     need(all(m in _score_methods for m in p.scoring.methods) and len(p.scoring.methods) > 0, "scoring.methods",
          f"must be a non-empty subset of {list(_score_methods)}")

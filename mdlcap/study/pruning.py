@@ -34,7 +34,8 @@ from mdlcap.interventions.pruning import (global_sparsity, layer_sizes, measured
                                           prune_model, restore_weights)
 from mdlcap.models import decoder_layers, fingerprint_model
 from mdlcap.study.paper import THRESHOLDS, pruning_table
-from mdlcap.study.pruning_ratios import BUDGET_TOL, MATCH_SUFFIX, base_method, compared_at, ratio_plan
+from mdlcap.study.pruning_ratios import (BUDGET_TOL, MATCH_SUFFIX, base_method, compared_at, ratio_plan,
+                                         zeroshot_listed)
 
 AVERAGE_METHODS = ("mdl", "layerif@mdl", "mdl_eq", "mdl_eq_free", "layerif")   # the paper's "Average (MDL)" rows
 
@@ -48,7 +49,10 @@ def evaluate_config(model: nn.Module, ratios, pruner: str, *, calib_batches,
     cached (`cache.cached("pruning", spec)`), keyed by everything that determines them (ratios
     rounded to 1e-9, pruner, n:m, calibration/evaluation settings in `key_extra`), so identical
     ratio vectors from different methods are evaluated once and an interrupted run resumes. An
-    entry computed without accuracy is computed again when accuracy is asked for."""
+    entry computed without accuracy is computed again when accuracy is asked for. Besides the
+    means, an entry keeps what the paired intervals resample (`mdlcap.study.pruning_intervals`):
+    `window_loss`, the mean next-token loss (nats) of every held-out window in order, and `items`,
+    {task: 0/1 correctness of each zero-shot question in doc order} (None without accuracy)."""
     r = None if ratios is None else [round(float(x), 9) for x in np.asarray(ratios, float)]
     spec = {"pruner": pruner, "ratios": r, "nm": list(nm) if nm else None,
             "blocksize": blocksize, "damp": damp, **key_extra}
@@ -73,7 +77,8 @@ def evaluate_config(model: nn.Module, ratios, pruner: str, *, calib_batches,
                 "requested": [rec["requested"] for rec in recs], "measured": measured,
                 "global_sparsity": global_sparsity(measured, sizes),
                 "prune_seconds": t_prune, "eval_seconds": time.perf_counter() - t0 - t_prune,
-                "perplexity": ev.get("perplexity"), "accuracy": ev.get("accuracy")}
+                "perplexity": ev.get("perplexity"), "accuracy": ev.get("accuracy"),
+                "window_loss": ev.get("window_loss"), "items": ev.get("items")}
 
     out = cache.cached("pruning", spec, compute)
     if out.get("accuracy") is None and need_accuracy and not computed:
@@ -99,11 +104,14 @@ def calibration_batches(params, tok) -> list[dict]:
 
 def evaluate(model: nn.Module, tok, params, heldout: Sequence[str], seq_len: int, eval_limit,
              need_accuracy: bool) -> dict:
-    """Held-out perplexity and (if asked) lm-eval accuracy per zero-shot task of one model."""
-    out = {"perplexity": evaluation.perplexity(model, tok, heldout, seq_len)}
+    """Held-out perplexity, exp of the mean of the per-window losses `window_loss` (every window has
+    seq_len − 1 predicted tokens, so this is the token-weighted perplexity), and (if asked) lm-eval
+    accuracy per zero-shot task with each question's 0/1 correctness (`items`)."""
+    wl = evaluation.window_losses(model, tok, heldout, seq_len)
+    out = {"perplexity": float(np.exp(np.mean(wl))), "window_loss": [round(x, 7) for x in wl]}
     if need_accuracy:
-        out["accuracy"] = evaluation.lm_eval_accuracy(model, tok, params, list(params.data.zeroshot_tasks),
-                                                      limit=eval_limit)
+        out["accuracy"], out["items"] = evaluation.lm_eval_items(model, tok, params, list(params.data.zeroshot_tasks),
+                                                                 limit=eval_limit)
     return out
 
 
@@ -182,13 +190,13 @@ def table_configs(vectors: dict[tuple, np.ndarray], pp) -> list[tuple]:
 
 def result_record(pruner: str, config: tuple, ratios: np.ndarray, res: dict, sizes, budget: float) -> dict:
     """One row of pruning_results: the budget it is compared at, requested vs measured sparsity,
-    perplexity, accuracies."""
-    acc = res["accuracy"]
+    perplexity, accuracies (NaN where the row was evaluated on perplexity only, `zeroshot_listed`)."""
+    acc = res["accuracy"] or {}
     return {"pruner": pruner, "ratio_method": config[0], "score_method": config[1], "score_task": config[2],
             "compared_at": float(budget),
             "requested_global": global_sparsity(ratios, sizes), "measured_global": res["global_sparsity"],
             "max_layer_dev": float(np.max(np.abs(np.array(res["measured"]) - ratios))),
-            "perplexity": res["perplexity"], "mean_acc": float(np.mean(list(acc.values()))),
+            "perplexity": res["perplexity"], "mean_acc": float(np.mean(list(acc.values()))) if acc else np.nan,
             **{f"acc_{t}": a for t, a in acc.items()}, "prune_seconds": res["prune_seconds"], "key": res["key"]}
 
 
@@ -203,12 +211,18 @@ def dense_record(dense: dict) -> dict:
 def pruning_results(bench: Bench, vectors: dict[tuple, np.ndarray], configs: Sequence[tuple],
                     pruners: Sequence[str], dense: dict, progress: bool = True) -> pd.DataFrame:
     """Every (pruner, configuration) evaluated (pruner-major order), then the dense row; each row
-    with the budget it is compared at (`compared_at`: the params' target, or the paper MDL's)."""
+    with the budget it is compared at (`compared_at`: the params' target, or the paper MDL's).
+    Zero-shot accuracy only for the configurations `zeroshot_listed` (the others: perplexity), which
+    are evaluated first, so an unlisted row with the same ratios as a listed one shows its accuracy."""
     todo = [(pr, k) for pr in pruners for k in configs]
-    target = bench.params.pruning.target
-    records = [result_record(pr, k, vectors[k], bench.run(vectors[k], pr), bench.sizes,
-                             compared_at(k, vectors, bench.sizes, target))
-               for pr, k in _bar(todo, "pruned models", progress)]
+    pp = bench.params.pruning
+    target = pp.target
+    first = sorted(range(len(todo)), key=lambda i: not zeroshot_listed(todo[i][1], pp))
+    for i in _bar(first, "pruned models", progress):
+        pr, k = todo[i]
+        bench.run(vectors[k], pr, need_accuracy=zeroshot_listed(k, pp))
+    records = [result_record(pr, k, vectors[k], bench.run(vectors[k], pr, need_accuracy=False), bench.sizes,
+                             compared_at(k, vectors, bench.sizes, target)) for pr, k in todo]
     return pd.DataFrame(records + [dense_record(dense)])
 
 

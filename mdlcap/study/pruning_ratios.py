@@ -153,6 +153,16 @@ def compared_at(key: tuple, vectors: dict[tuple, np.ndarray], sizes, target: flo
     return float(target)
 
 
+def zeroshot_listed(config: tuple, pp) -> bool:
+    """Whether a table configuration (ratio_method, score_method, score_task) is evaluated on
+    zero-shot too (the others on held-out perplexity only, to keep notebook 04 in its time budget):
+    its ratio method in `pruning.zeroshot_methods` (a "<method>@mdl" match when both its method and
+    "mdl" are), and score-free or its score method in `pruning.zeroshot_score_methods` ([] = all)."""
+    rm, sm = config[0], config[1]
+    listed = base_method(rm) in pp.zeroshot_methods and (not rm.endswith(MATCH_SUFFIX) or "mdl" in pp.zeroshot_methods)
+    return listed and (sm == "-" or not pp.zeroshot_score_methods or sm in pp.zeroshot_score_methods)
+
+
 def plan_vectors(plan: pd.DataFrame) -> dict[tuple, np.ndarray]:
     """{(ratio_method, score_method, score_task): ratio vector by layer} of a ratio plan."""
     return {k: g.sort_values("layer")["ratio"].to_numpy() for k, g in

@@ -151,3 +151,72 @@ def interval_frame(rows) -> "pd.DataFrame":
     columns when there are none)."""
     import pandas as pd
     return pd.DataFrame(list(rows), columns=list(INTERVAL_COLUMNS))
+
+
+# ----------------------------------------------------------------------------- equivalence, strata
+def equivalence_verdict(ci_low: float, ci_high: float, margin: float) -> str:
+    """An equivalence rule on a confidence interval of a difference, for a claimed parity
+    |diff| ≤ margin (the interval form of two one-sided tests, TOST):
+      "equivalent"      the whole interval lies inside [−margin, +margin]
+      "differ"          the interval lies wholly outside it (disjoint: ci_low > margin or ci_high < −margin)
+      "inconclusive"    it straddles a margin (too wide, or the difference sits near the margin)
+      "not assessable"  no interval (nan)
+    The endpoints on the margin count as inside."""
+    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin > 0):
+        raise ValueError(f"margin: must be a finite number > 0, got {margin!r}")
+    if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
+        return "not assessable"
+    if ci_low > ci_high:
+        raise ValueError(f"ci_low: must be <= ci_high, got {ci_low} > {ci_high}")
+    if -margin <= ci_low and ci_high <= margin:
+        return "equivalent"
+    if ci_low > margin or ci_high < -margin:
+        return "differ"
+    return "inconclusive"
+
+
+def stratified_interval(strata, *, confidence: float = 0.95, n_resamples: int = 4999, method: str = "BCa",
+                        seed: int = 0) -> dict:
+    """`paired_interval` for a mean over strata: `strata` is a list of 1-D arrays of paired
+    differences (one per stratum, e.g. the questions of one task), the statistic the mean over
+    strata of each stratum's mean, and scipy.stats.bootstrap resamples the items of every stratum
+    on its own (each stratum one sample, so every resample keeps each stratum's size). Returns
+    paired_interval's keys (n_seeds = 1, n_items = all items, n_strata). A stratum of one item is
+    held fixed by the resampling; fewer than 2 items in every stratum gives ci (nan, nan); zero
+    spread everywhere gives the point as the interval."""
+    import numpy as np
+    from scipy import stats as st
+
+    if isinstance(strata, np.ndarray) and strata.ndim == 1:
+        raise ValueError("strata: must be a list of 1-D arrays (one per stratum), got one 1-D array")
+    ds = [np.asarray(x, dtype=float) for x in strata]
+    if not ds or any(x.ndim != 1 or x.size == 0 for x in ds):
+        raise ValueError("strata: must be a non-empty list of non-empty 1-D arrays")
+    if not all(np.all(np.isfinite(x)) for x in ds):
+        raise ValueError("strata: every paired difference must be finite")
+    if not (0 < confidence < 1):
+        raise ValueError(f"confidence: must lie in (0, 1), got {confidence!r}")
+    if method not in ("BCa", "percentile", "basic"):
+        raise ValueError(f"method: must be 'BCa', 'percentile' or 'basic', got {method!r}")
+    mean = float(np.mean([x.mean() for x in ds]))
+    out = {"diff": mean, "n_seeds": 1, "n_items": int(sum(x.size for x in ds)), "n_strata": len(ds),
+           "confidence": confidence, "method": method}
+    z = st.norm.ppf(0.5 + confidence / 2)
+    if all(x.size < 2 for x in ds):
+        return {**out, "ci_low": math.nan, "ci_high": math.nan, "se": math.nan, "mde": math.nan}
+    if all(np.ptp(x) == 0 for x in ds):
+        return {**out, "ci_low": mean, "ci_high": mean, "se": 0.0, "mde": 0.0}
+    var = [x for x in ds if x.size > 1]
+    fixed = sum(x.mean() for x in ds if x.size < 2)
+
+    def stat(*samples, axis=-1):
+        return (sum(np.mean(s, axis=axis) for s in samples) + fixed) / len(ds)
+
+    res = st.bootstrap(tuple(var), stat, paired=False, vectorized=True, n_resamples=n_resamples,
+                       confidence_level=confidence, method=method, rng=np.random.default_rng(seed))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    se = float(res.standard_error)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        lo, hi = mean - z * se, mean + z * se
+        out["method"] = f"{method} failed; normal"
+    return {**out, "ci_low": lo, "ci_high": hi, "se": se, "mde": float((z + Z_POWER) * se)}

@@ -85,5 +85,6 @@ def generate_zeroshot(task: str, p) -> list[dict[str, Any]]:
         raise ValueError(f"task: unknown generated zero-shot task '{task}' (known: {tuple(ZEROSHOT)})")
     g = ZEROSHOT[task]
     rng = np.random.default_rng([p.data.seed, 3, g.stream])
-    rows = g.make(rng, sentences(p.data.seed, "heldout"), p.data.n_test)
+    n = p.data.n_test if getattr(p.data, "n_zeroshot_test", None) is None else p.data.n_zeroshot_test
+    rows = g.make(rng, sentences(p.data.seed, "heldout"), n)
     return [example(task, "test", i, *r) for i, r in enumerate(rows)]
