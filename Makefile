@@ -16,7 +16,7 @@
 # `python -m mdlcap.study.pipeline sync` compares them with the current files, writes the rules
 # (.cache/pipeline/$(RUN)/graph.mk) and sets stamps and file times so that make, `make -n` included,
 # reruns exactly the notebooks whose inputs changed (a fresh clone's checkout times do not count;
-# a file touched since does). `make -j2 all` runs independent notebooks side by side.
+# a file touched since does). `make all` runs independent notebooks side by side (JOBS=2).
 
 PYTHON   ?= python3.11
 VENV     := .venv
@@ -58,6 +58,12 @@ ifneq ($(filter all $(OUTDIR)/%,$(or $(MAKECMDGOALS),all)),)
 endif
 
 .PHONY: all test nb bench report lab clean distclean venv check-results
+# `make all` runs independent notebooks side by side on two processes (JOBS=1 for one at a time);
+# notebook 03 also spreads its cells over params' run.workers processes. Neither changes a number.
+JOBS     ?= 2
+ifneq ($(filter all,$(or $(MAKECMDGOALS),all)),)
+  MAKEFLAGS += --jobs=$(JOBS) --output-sync=line
+endif
 all: $(NB_MANIFESTS)
 
 # One notebook: its further prerequisites (sources, upstream manifests, stamp) are in graph.mk.

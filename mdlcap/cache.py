@@ -38,7 +38,7 @@ CODE_VERSIONS = {
     "data": "6",         # the generated task splits and text splits
     "scores": "3",       # per-layer gains and influence scores (2: LayerIF on a LoRA, DataInf per tensor, no offset;
                          # 3: diag_fisher/kfac/ekfac = true Fisher of the mean loss over loss tokens)
-    "finetune": "1",     # one fine-tuning cell (task, allocation, seed)
+    "finetune": "2",     # one fine-tuning cell (task, allocation, seed); 2: per-item correctness and per-step losses
     "pruning": "2",      # one pruning configuration's evaluation; 2: per-window held-out losses, per-item zero-shot
     "precision": "3",    # CAQ: trained weights and per-(model, seed) study tables
 }

@@ -148,7 +148,7 @@ def test_cached_cell_goes_through_the_one_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(ft, "run_cell", fake_run_cell)
     a = ft.cached_cell(None, None, p, "cola", seed=0, counts=[1, 2])
     assert a == {"task": "cola", "seed": 0, "accuracy": 0.5, "cached": False} and calls == [("cola", 0)]
-    b = ft.cached_cell(tmp_path / "old", None, None, p, "cola", seed=0, counts=[1, 2])   # old signature
+    b = ft.cached_cell(None, None, p, "cola", seed=0, counts=[1, 2])
     assert b == {**a, "cached": True} and len(calls) == 1
     entries = list((tmp_path / "finetune").glob("*.json"))
     assert [e.name for e in entries] == [f"cola_{ft.cell_key(p, 'cola', 0, [1, 2])}.json"]
@@ -168,3 +168,13 @@ def test_cached_cell_goes_through_the_one_cache(tmp_path, monkeypatch):
     d = ft.cached_cell(None, None, p, "cola", seed=0, counts=[1, 2], accelerator=NonMain())
     assert d == b and len(calls) == 4                   # the main process's entry is read back
     assert NonMain.waits == 2                           # every cell ends on a barrier
+
+
+def test_loss_plateau_tells_a_flat_tail_from_a_falling_one():
+    from mdlcap.interventions.finetune import loss_plateau
+
+    falling = [10.0 - 0.1 * i for i in range(40)]
+    flat = [5.0] * 20 + [2.0 + 0.01 * (-1) ** i for i in range(20)]
+    assert loss_plateau(falling) < -0.1                  # last quarter ~ 11 % below the one before
+    assert abs(loss_plateau(flat)) < 1e-3
+    assert loss_plateau([1.0] * 7) != loss_plateau([1.0] * 7)   # NaN: < 2 steps per window

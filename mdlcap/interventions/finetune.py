@@ -11,7 +11,6 @@ averaged by DDP, so all processes hold identical adapter weights after every ste
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -23,6 +22,9 @@ from mdlcap import cache
 from mdlcap.default.data import data_key
 from mdlcap.interventions.moe import moe_aux_loss
 from mdlcap.models import resolve_path
+from mdlcap.scores.autograd import progress_off
+
+PLATEAU_FRACTION = 0.25      # `loss_plateau` compares the mean loss of the last two quarters of training
 
 
 class _Batches(Dataset):
@@ -84,9 +86,8 @@ def finetune(model: torch.nn.Module, train_batches: Sequence[dict], *, epochs: i
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
 
     losses: list[float] = []
-    quiet = not (progress and accelerator.is_local_main_process)
-    # disable=None lets TQDM_DISABLE (set by `make all`/tests) and non-TTY detection decide
-    bar = tqdm(total=steps, desc=desc, leave=False, **({"disable": True} if quiet else {}))
+    quiet = progress_off(progress) or not accelerator.is_local_main_process    # TQDM_DISABLE under papermill
+    bar = tqdm(total=steps, desc=desc, leave=False, disable=quiet)
     for _ in range(epochs):
         for batch in loader:
             out = model(**batch)
@@ -112,6 +113,19 @@ def finetune(model: torch.nn.Module, train_batches: Sequence[dict], *, epochs: i
     return losses
 
 
+def loss_plateau(losses: Sequence[float], fraction: float = PLATEAU_FRACTION) -> float:
+    """Relative change of the mean training loss between the last two `fraction`s of the steps,
+    (mean(last) − mean(previous)) / mean(previous): ≈ 0 once training has plateaued, clearly
+    negative while the loss still falls. NaN with fewer than 2 steps per window."""
+    n = len(losses)
+    w = int(fraction * n)
+    if w < 2:
+        return float("nan")
+    prev, last = losses[n - 2 * w:n - w], losses[n - w:]
+    mp = sum(prev) / w
+    return float((sum(last) / w - mp) / mp) if mp else float("nan")
+
+
 # --------------------------------------------------------------------------- one experiment cell
 def task_train_batches(params, tokenizer, task: str) -> list[dict]:
     """Training batches of a fine-tune task (first `allocation.max_train` examples of its train split)."""
@@ -129,12 +143,14 @@ def run_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None
     """Fine-tune a copy of `base_model` on `task` with LoRA-MoE expert `counts` per layer (or peft
     LoRA `ranks` per layer) and evaluate it on the task's test split through lm-eval.
 
-    Returns a JSON-able record: accuracy, losses (first/last/mean of the last 10%), trainable
-    parameters, wall seconds. The base model is never modified."""
+    Returns a JSON-able record: accuracy, the correctness of every test item in doc order
+    (`items`, what paired intervals resample), the loss of every step (`losses`; first, mean of the
+    last 10 % and `loss_plateau`), trainable parameters, wall seconds. The base model is never
+    modified."""
     import copy
     import time
 
-    from mdlcap.evaluation import lm_eval_accuracy
+    from mdlcap.evaluation import lm_eval_items
     from mdlcap.interventions.moe import add_lora_moe, rank_config, trainable_parameters
 
     if (counts is None) == (ranks is None):
@@ -158,16 +174,18 @@ def run_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None
     losses = finetune(model, batches, epochs=a.epochs, lr=a.lr, accelerator=accelerator, seed=seed,
                       aux_loss_coef=aux, progress=progress, desc=f"{task} s{seed}")
     t1 = time.time()
-    acc = None
+    acc, items = None, None
     if accelerator is None or accelerator.is_main_process:
-        acc = lm_eval_accuracy(model, tokenizer, params, [task], limit=a.eval_limit)[task]
+        accs, per_item = lm_eval_items(model, tokenizer, params, [task], limit=a.eval_limit)
+        acc, items = accs[task], per_item[task]
     if accelerator is not None:
         accelerator.wait_for_everyone()
     tail = losses[-max(1, len(losses) // 10):]
-    return {"task": task, "seed": int(seed), "accuracy": acc,
+    return {"task": task, "seed": int(seed), "accuracy": acc, "items": items,
             "counts": None if counts is None else [int(c) for c in counts],
             "ranks": None if ranks is None else [int(r) for r in ranks],
             "loss_first": losses[0], "loss_last": float(sum(tail) / len(tail)), "steps": len(losses),
+            "loss_plateau": loss_plateau(losses), "losses": [round(float(x), 5) for x in losses],
             "trainable_params": int(n_train), "total_params": int(n_total),
             "train_seconds": round(t1 - t0, 3), "eval_seconds": round(time.time() - t1, 3)}
 
@@ -192,18 +210,15 @@ def cell_key(params, task: str, seed: int, counts=None, ranks=None) -> str:
     return cache.key("finetune", cell_spec(params, task, seed, counts, ranks))
 
 
-def cached_cell(*args, seed: int, counts=None, ranks=None, accelerator=None, batches=None) -> dict:
+def cached_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None, ranks=None, accelerator=None,
+                batches=None) -> dict:
     """`run_cell(base_model, tokenizer, params, task, ...)` through the one cache
     (`cache.cached("finetune", cell_spec(...))`): an interrupted notebook resumes, notebooks 03
     and 05 share cells, and a cell already computed by a multi-GPU launch
     (`python -m mdlcap.study.launch`) is reused. Adds "cached" (whether the record was read back).
 
     Under a multi-process launch every process trains, only the main process (which alone
-    evaluates) writes the entry, and all wait for it before the next cell. A leading cache folder argument (the old signature
-    `cached_cell(cache_dir, base_model, ...)`) is accepted and ignored until its callers drop it."""
-    if args and isinstance(args[0], (str, os.PathLike)):
-        args = args[1:]
-    base_model, tokenizer, params, task = args
+    evaluates) writes the entry, and all wait for it before the next cell."""
     spec = cell_spec(params, task, seed, counts, ranks)
     fresh: list[bool] = []
 

@@ -4,10 +4,13 @@
     budget_check(scores, tasks, A)                       does the literal Eq-11 program spend the budget?
     allocated_methods / counts_wide / identical_pools    which methods have counts; counts by layer;
                                                          (task, LayerIF, MDL) pairs with the same counts
-    finetune_cells(...)                                  one cached fine-tune per (task, method, seed)
+    finetune_cells(...)                                  one cached fine-tune per (task, method, seed),
+                                                         over run.workers processes (study.cells)
     summary / summary_wide / paper_format_table          accuracy mean ± std over seeds (Table 4 layout)
-    paired_differences / paper_comparison / verdict      MDL − LayerIF beside the paper's Tables 4–5
+    paired_differences / paper_comparison                MDL − LayerIF beside the paper's Tables 4–5
     rank_experiment / rank_table                         capacity = LoRA rank (peft rank_pattern)
+
+Did the cells learn, and the verdicts read from paired intervals: `mdlcap.study.allocation_evidence`.
 
 The allocation methods themselves are `mdlcap.interventions.allocation`; the paper's numbers
 are `mdlcap.study.paper`.
@@ -19,8 +22,9 @@ import pandas as pd
 
 from mdlcap.interventions import allocation as ab
 from mdlcap.interventions import finetune as ft
-from mdlcap.study.paper import PAPER_TABLE4, PAPER_TABLE5, PAPER_TASKS, THRESHOLDS, table_averages
-from mdlcap.study.stats import paired_call, per_seed_average
+from mdlcap.study.cells import Job, run_cells
+from mdlcap.study.paper import PAPER_TABLE4, PAPER_TABLE5, PAPER_TASKS
+from mdlcap.study.stats import per_seed_average
 
 # Table 4's score pools: (LayerIF's heuristic, Algorithm 1) on the same influence scores
 POOLS = {"All": ("layerif_all", "mdl_layerif_all"), "+ve": ("layerif_pos", "mdl_layerif_pos")}
@@ -82,19 +86,17 @@ def identical_pools(alloc: pd.DataFrame, tasks, methods) -> list[tuple[str, str,
 
 
 # --------------------------------------------------------------------------- fine-tuning
-def finetune_cells(cache, base, tok, params, alloc: pd.DataFrame, tasks, methods, *, accelerator, batches,
-                   desc: str | None = "fine-tune cells") -> pd.DataFrame:
-    """`finetune.cached_cell` for every (task, method, seed), in that order; one row per cell
-    (a tqdm bar titled `desc`, none if None)."""
-    from tqdm.auto import tqdm
-
+def finetune_cells(params, alloc: pd.DataFrame, tasks, methods, *, base=None, tok=None, accelerator=None,
+                   workers: int = 1, desc: str | None = "fine-tune cells") -> pd.DataFrame:
+    """`finetune.cached_cell` for every (task, method, seed), over `workers` processes
+    (`mdlcap.study.cells.run_cells`; methods with identical counts share one run); one row per
+    cell in (task, method, seed) order, with the per-item correctness (`items`) and per-step
+    losses (`losses`) the evidence tables read."""
     cells = [(t, m, s) for t in tasks for m in methods for s in params.allocation.seeds]
-    records = []
-    for task, method, seed in (cells if desc is None else tqdm(cells, desc=desc)):
-        rec = ft.cached_cell(cache, base, tok, params, task, seed=seed, counts=counts_of(alloc, task, method),
-                             accelerator=accelerator, batches=batches[task])
-        records.append({**rec, "method": method})
-    return pd.DataFrame(records)
+    jobs = {c: Job(c[0], int(c[2]), counts=tuple(counts_of(alloc, c[0], c[1]))) for c in cells}
+    recs = run_cells(params, list(jobs.values()), workers=workers, base=base, tok=tok, accelerator=accelerator,
+                     desc=desc)
+    return pd.DataFrame([{**recs[j.key(params)], "method": c[1]} for c, j in jobs.items()])
 
 
 def training_overview(results: pd.DataFrame) -> pd.DataFrame:
@@ -195,56 +197,6 @@ def paper_comparison(results, tasks, paper_order=None):
     return pd.DataFrame(rows)
 
 
-CALLS = {1: "MDL better", -1: "LayerIF better", 0: "no resolvable difference",
-         None: "one seed only: seed noise unknown, no call"}
-
-
-def verdict(results, *, z: float = THRESHOLDS["allocation_z"]) -> list[dict]:
-    """Per pool: does MDL beat LayerIF on the task average, and by how much relative to seed noise?
-
-    diff = mean over seeds of (MDL - LayerIF) task-averaged accuracy (points); se = its standard
-    error over seeds (paired by seed: same data order and adapter init for both methods); noise =
-    the seed-to-seed std of a single method's task average (mean of the two methods'). The call is
-    'MDL better' / 'LayerIF better' when |diff| > z se, else 'no resolvable difference'; with one
-    seed the noise is unknown and the call says so."""
-    import math
-
-    d = paired_differences(results)
-    per = per_seed_average(results)
-    out = []
-    for pool, (lif, mdl_m) in POOLS.items():
-        sel = d[(d["pool"] == pool) & (d["task"] == "Average")]["diff"]
-        if sel.empty:
-            continue
-        c = paired_call(sel, z)
-        n, diff = c["n"], c["diff"]
-        noise = float(per[per["method"].isin([lif, mdl_m])].groupby("method")["accuracy"].std(ddof=1).mean() * 100) \
-            if n > 1 else float("nan")
-        out.append({"pool": pool, "n_seeds": n, "diff_points": diff, "se_points": c["se"], "seed_noise_points": noise,
-                    "diff_over_noise": diff / noise if noise and not math.isnan(noise) else float("nan"),
-                    "call": CALLS[c["sign"]],
-                    "paper_mistral_diff_points": table_averages(PAPER_TABLE4, pool)[2]})
-    return out
-
-
-def verdict_lines(ver: list[dict]) -> list[str]:
-    """The notebook's reading of `verdict`, one paragraph per pool."""
-    out = []
-    for v in ver:
-        line = (f"[{v['pool']}] MDL - LayerIF = {v['diff_points']:+.2f} points on the task average "
-                f"(paired s.e. {v['se_points']:.2f} over {v['n_seeds']} seeds; seed-to-seed std of one method's "
-                f"average {v['seed_noise_points']:.2f}) -> {v['call']}. Paper, Mistral-7B: "
-                f"{v['paper_mistral_diff_points']:+.2f}.")
-        if v["n_seeds"] < 2:
-            line += "\n      one seed: whether this reproduces the paper's claim cannot be judged against seed noise."
-        elif v["call"] == "MDL better":
-            line += "\n      consistent with the paper's claim that MDL beats LayerIF in this pool."
-        else:
-            line += "\n      the paper's claim that MDL beats LayerIF is NOT reproduced in this pool on our runs."
-        out.append(line)
-    return out
-
-
 # --------------------------------------------------------------------------- capacity = LoRA rank
 def rank_allocation(scores, task: str, method: str, n_layers: int, A):
     """Per-layer LoRA ranks, lora_r x L in all, at least 1 each: uniform or Algorithm 1 on the q of
@@ -256,25 +208,27 @@ def rank_allocation(scores, task: str, method: str, n_layers: int, A):
     return None if q is None else ab.mdl(q, R, gamma=A.gamma, n_min=1)
 
 
-def rank_experiment(cache, base, tok, params, scores, n_layers: int, tasks, *, accelerator, batches):
-    """(rank allocations, results): one cached fine-tune per (task, rank method) at the first seed."""
+def rank_experiment(params, scores, n_layers: int, tasks, *, base=None, tok=None, accelerator=None,
+                    workers: int = 1):
+    """(rank allocations, results): one cached fine-tune per (task, rank method, seed)."""
     A = params.allocation
-    rank_rows, rank_alloc = [], []
+    rank_alloc, cells = [], {}
     for task in tasks:
         for method in A.rank_methods:
             ranks = rank_allocation(scores, task, method, n_layers, A)
             if ranks is None:
                 continue
             rank_alloc += [{"task": task, "method": method, "layer": k, "rank": int(r)} for k, r in enumerate(ranks)]
-            rec = ft.cached_cell(cache, base, tok, params, task, seed=A.seeds[0], ranks=ranks.tolist(),
-                                 accelerator=accelerator, batches=batches[task])
-            rank_rows.append({**rec, "method": method})
-    return pd.DataFrame(rank_alloc), pd.DataFrame(rank_rows)
+            for seed in A.seeds:
+                cells[(task, method, seed)] = Job(task, int(seed), ranks=tuple(int(r) for r in ranks))
+    recs = run_cells(params, list(cells.values()), workers=workers, base=base, tok=tok, accelerator=accelerator,
+                     desc="rank cells")
+    return pd.DataFrame(rank_alloc), pd.DataFrame([{**recs[j.key(params)], "method": c[1]} for c, j in cells.items()])
 
 
 def rank_table(rank_results: pd.DataFrame, tasks) -> pd.DataFrame:
-    """Accuracy (%) per task x rank method, plus the task Average row."""
-    rt = rank_results.pivot(index="task", columns="method", values="accuracy").reindex(tasks) * 100
+    """Mean accuracy over seeds (%) per task x rank method, plus the task Average row."""
+    rt = rank_results.pivot_table(index="task", columns="method", values="accuracy", aggfunc="mean").reindex(tasks) * 100
     rt.loc["Average"] = rt.mean()
     return rt
 

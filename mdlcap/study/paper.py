@@ -11,6 +11,7 @@ printed beside our runs, never mixed into them.
     table_averages     a pool's MDL and LayerIF averages and their difference (+2.66, +0.67)
     CLAIMED            the other figures the claims quote, as the paper / proposal states them
     THRESHOLDS         every verdict threshold a notebook or a claim applies
+    *_COMPARISONS      the comparison names notebooks write to <notebook>/intervals.csv and claims read
 """
 from __future__ import annotations
 
@@ -86,7 +87,9 @@ THRESHOLDS = {
     "closed_form_rel_error": 1e-5,   # closed forms vs cvxpy (Theorems 2-3): max relative deviation
     "lemma1_rel_error": 1e-8,        # Lemma 1: ζ²/2 vs the exact one-layer Newton decrease
     "solver_seconds_largest_K": 5.0,  # bisection at the largest K of notebook 01 (K = 1e6) must take less
-    "allocation_z": 2.0,             # notebook 03: |MDL - LayerIF| > z paired standard errors
+    "allocation_ceiling": 0.95,      # notebook 03: a cell at or above this accuracy cannot rank methods
+    "allocation_plateau": 0.05,      # notebook 03: |loss change over the last quarter of training| <= this
+    "allocation_min_seeds": 5,       # notebook 03: seeds shared by every method of the powered comparison
     "sciq_gain_points": 5.0,         # "largest single gain on ScienceQA": reproduced above this many points
     "pruning_parity_points": 1.0,    # Tables 1-2 "match": |MDL - LayerIF| at most this many points
     "zeroshot_mean_se_points": 1.0,  # notebook 04: binomial s.e. of the seven-task zero-shot mean at most this
@@ -106,8 +109,13 @@ THRESHOLDS = {
 ALLOCATION_COMPARISONS = {           # notebook 03: comparison -> (baseline method, MDL method)
     "MDL - LayerIF (All)": ("layerif_all", "mdl_layerif_all"),
     "MDL - LayerIF (+ve)": ("layerif_pos", "mdl_layerif_pos"),
-    "MDL - uniform": ("uniform", "mdl_cg_ggn"),
+    "MDL - uniform": ("uniform", "mdl_layerif_all"),     # the paper's MDL (Table 4's All scores)
+    "MDL(zeta2) - uniform": ("uniform", "mdl_cg_ggn"),   # Algorithm 1 on ζ² (CG, GGN), where it is run
 }
 ALLOCATION_METRIC = "accuracy_points"           # test accuracy, percentage points
 PRUNING_METRICS = ("perplexity_rel", "zeroshot_points")   # notebook 04: relative ppl change; zero-shot points
+# notebook 04 (task = pruner): the Tables 1-2 parity rows, both sides at one global sparsity: the paper's
+# program as it runs (at its own sparsity, LayerIF re-solved there) and the equality variant at the target
+PRUNING_PARITY_COMPARISONS = ("mdl - layerif@mdl", "mdl_eq - layerif")
+PRUNING_PARITY_METRIC = "zeroshot_points"      # Tables 1-2 report mean zero-shot accuracy
 AVERAGE_TASK = "Average"                         # the task-average row of every intervals table

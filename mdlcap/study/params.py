@@ -30,6 +30,8 @@ class RunParams:
     smoke: bool = False                 # CI size: notebooks shrink loops and skip figures' extras
     threads: int = 1                    # torch / BLAS / OpenMP / numba threads (mdlcap.study.run.start): the
                                         # numbers depend on it (float reduction order), the core count must not
+    workers: int = 1                    # CPU processes for independent cells (mdlcap.study.cells); results
+                                        # do not depend on it (each cell runs alone on one thread)
 
 
 @dataclass
@@ -105,7 +107,10 @@ class ScoringParams:
     layerif_damping_scale: float = 0.1   # DataInf: λ_t = c · mean_j ‖g_j,t‖² / d_t per LoRA tensor t
     layerif_lora_steps: int = 100        # AdamW steps of the LoRA LayerIF differentiates (mdlcap.study.layerif)
     layerif_lora_lr: float = 3e-4        # its learning rate (DataInf's)
-    validation_task: str | None = None   # section 2 task (None = first fine-tune task)
+    validation_task: str | None = None   # task of the λ sensitivity and Appendix C (None = first fine-tune task)
+    validation_tasks: list[str] | None = None   # tasks of the ζ² validation (study.validation; None = all fine-tune tasks)
+    validation_blocks: Literal["layer", "attn_mlp"] = "attn_mlp"   # its blocks (≥ 16 per task: attention and MLP)
+    validation_methods: list[str] | None = None   # its methods (None = the ζ² surrogates and grad_norm of `methods`)
     validation_steps: int = 10           # Adam steps when fine-tuning one layer alone
     validation_lr: float = 1e-3
     lambda_grid: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
@@ -377,6 +382,16 @@ def _check_values(p: Params, src: str) -> None:
     need(p.scoring.group_size is None or (isinstance(p.scoring.group_size, int) and p.scoring.group_size >= 1),
          "scoring.group_size", "must be null (all blocks at once) or an integer >= 1")
     need(p.scoring.validation_steps >= 0, "scoring.validation_steps", "must be >= 0")
+    need(p.scoring.validation_tasks is None or (len(p.scoring.validation_tasks) >= 1
+                                                and set(p.scoring.validation_tasks) <= set(p.data.finetune_tasks)),
+         "scoring.validation_tasks", "must be null (all fine-tune tasks) or a non-empty subset of data.finetune_tasks")
+    from mdlcap.scores.registry import ZETA2_METHODS
+    _val_methods = list(ZETA2_METHODS) + ["grad_norm"]
+    need(p.scoring.validation_methods is None or ({"cg_ggn", "grad_norm"} <= set(p.scoring.validation_methods)
+                                                  and set(p.scoring.validation_methods) <= set(_val_methods)),
+         "scoring.validation_methods", f"must be null or a subset of {_val_methods} holding cg_ggn and grad_norm")
+    need(p.scoring.validation_task is None or p.scoring.validation_task in p.data.finetune_tasks,
+         "scoring.validation_task", "must be null (the first fine-tune task) or one of data.finetune_tasks")
     need(p.scoring.validation_lr > 0, "scoring.validation_lr", "must be > 0")
     from mdlcap.study.paper import THRESHOLDS
     need(0 < p.scoring.cg_tol <= THRESHOLDS["cg_rel_residual"], "scoring.cg_tol",
@@ -401,6 +416,7 @@ def _check_values(p: Params, src: str) -> None:
     for _m in p.allocation.methods + p.allocation.rank_methods:
         need(_m in _alloc_methods, "allocation.methods", f"entries must be among {list(_alloc_methods)}, got {_m!r}")
     need(p.run.threads >= 1, "run.threads", "must be >= 1")
+    need(p.run.workers >= 1, "run.workers", "must be >= 1")
     need(p.precision.dataset in ("digits", "mnist", "fashion_mnist", "cifar10", "svhn"), "precision.dataset",
          "must be one of digits, mnist, fashion_mnist, cifar10, svhn")
     need(all(2 <= b <= 32 for b in p.precision.bit_choices) and p.precision.bit_choices == sorted(set(p.precision.bit_choices)),

@@ -24,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -101,6 +102,7 @@ class Run:
     root: Path                       # results/<run>/
     dir: Path                        # results/<run>/<notebook>/
     started: str = field(default_factory=_now)
+    t0: float = field(default_factory=time.perf_counter)
     extra: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)   # file name -> sha256, for the manifest
     inputs: dict[str, Any] = field(default_factory=dict)    # what the run is computed from (pipeline.inputs)
@@ -161,6 +163,7 @@ class Run:
             "inputs": self.inputs,
             "started": self.started,
             "finished": _now(),
+            "wall_seconds": round(time.perf_counter() - self.t0, 1),   # start() to finish()
             # sha256 of every table/figure/json this run wrote: the report's check that
             # committed results were produced by a run and not edited by hand
             "outputs": dict(sorted(self.outputs.items())),
@@ -177,7 +180,7 @@ class Run:
             merged = mio.read_json(top) if top.exists() else {}
             merged.update({k: m[k] for k in ("run", "params_file", "params_sha256", "params", "git",
                                              "packages", "hardware", "device", "determinism")})
-            merged.setdefault("notebooks", {})[self.notebook] = {"started": m["started"], "finished": m["finished"]}
+            merged.setdefault("notebooks", {})[self.notebook] = {k: m[k] for k in ("started", "finished", "wall_seconds")}
             mio.atomic_write_json(top, merged)
         return path
 

@@ -1,0 +1,160 @@
+"""Notebook 03's evidence: did every cell learn, and what the paired intervals say about the methods.
+
+    learning = learning_table(results, tasks_csv, sanity_csv)   per (task, method): above chance,
+                                                                 below the ceiling, plateaued, vs full fine-tune
+    problems = design_problems(learning, results, min_seeds)    what the design fails (empty: none)
+    iv = intervals(results, tasks, paper_order)                 MDL − baseline, per task and averaged (points)
+    curves = loss_curves(results)                               mean training loss per step (the figure)
+
+The comparisons are `paper.ALLOCATION_COMPARISONS`; each is paired by seed (same adapter
+initialisation and batch order for both methods) and by test item (same questions), and its 95 %
+interval comes from `stats.paired_interval` (scipy.stats.bootstrap, BCa, seeds and items
+resampled independently). The task average pairs item i of every task into one column (all
+tasks score the same number of test items), which resamples items within each task: the
+stratified bootstrap of a mean over tasks. The rows are written in the one intervals schema
+(`stats.interval_row`), the paper's difference for the matched task (Table 4, Mistral-7B) as
+the claim, so every verdict says whether that claim lies inside, above or below the interval
+and whether the design could have detected it (the minimum detectable effect).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from mdlcap.study.paper import (ALLOCATION_COMPARISONS, ALLOCATION_METRIC, AVERAGE_TASK, PAPER_TABLE4, PAPER_TASKS,
+                                THRESHOLDS)
+from mdlcap.study.stats import interval_frame, interval_row, paired_interval
+
+CEILING = THRESHOLDS["allocation_ceiling"]
+PLATEAU = THRESHOLDS["allocation_plateau"]
+Z_CHANCE = THRESHOLDS["above_chance_z"]
+
+
+# ----------------------------------------------------------------------------- did the cells learn?
+def learning_table(results: pd.DataFrame, tasks_csv: pd.DataFrame, sanity_csv: pd.DataFrame | None = None
+                   ) -> pd.DataFrame:
+    """Per (task, method): mean and lowest accuracy over seeds, chance (notebook 00's tasks.csv),
+    the z-score of the lowest seed against chance, whether every seed is above chance (z >
+    THRESHOLDS["above_chance_z"]) and below the ceiling (accuracy < THRESHOLDS["allocation_ceiling"]),
+    the largest `loss_plateau` over seeds (relative change of the loss over the last quarter of
+    training) and whether every seed plateaued (|change| <= THRESHOLDS["allocation_plateau"]), and
+    the mean as a fraction of notebook 00's full fine-tune of the same task (when given)."""
+    chance = tasks_csv.set_index("task")["chance"]
+    full = sanity_csv.set_index("task")["finetuned_acc"] if sanity_csv is not None else pd.Series(dtype=float)
+    rows = []
+    for (task, method), g in results.groupby(["task", "method"], sort=False):
+        n = np.array([len(i) for i in g["items"]], dtype=float)
+        c = float(chance[task])
+        lo = float(g["accuracy"].min())
+        z = (lo - c) / math.sqrt(c * (1 - c) / n.min())
+        plateau = float(g["loss_plateau"].abs().max())
+        rows.append({"task": task, "method": method, "n_seeds": len(g), "n_items": int(n.min()),
+                     "accuracy_mean": float(g["accuracy"].mean()), "accuracy_min": lo,
+                     "accuracy_max": float(g["accuracy"].max()), "chance": c, "z_min_vs_chance": z,
+                     "above_chance": bool(z > Z_CHANCE), "below_ceiling": bool(g["accuracy"].max() < CEILING),
+                     "steps": int(g["steps"].max()), "loss_plateau_max": plateau, "plateaued": bool(plateau <= PLATEAU),
+                     "full_finetune_acc": float(full.get(task, float("nan"))),
+                     "fraction_of_full_finetune": float(g["accuracy"].mean() / full[task]) if task in full else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def design_problems(learning: pd.DataFrame, results: pd.DataFrame, min_seeds: int) -> list[str]:
+    """The ways this run's design falls short of one that can rank methods (empty list: none):
+    fewer than `min_seeds` seeds shared by every method, a cell at chance or at the ceiling, a cell
+    whose loss had not plateaued."""
+    out = []
+    seeds = results.groupby(["task", "method"])["seed"].apply(frozenset)
+    if seeds.nunique() != 1:
+        out.append("methods were not run on the same seeds")
+    if min(len(s) for s in seeds) < min_seeds:
+        out.append(f"fewer than {min_seeds} seeds per method ({min(len(s) for s in seeds)})")
+    for label, col in (("at chance (some seed)", "above_chance"), ("at the ceiling (some seed)", "below_ceiling"),
+                       ("not plateaued (some seed)", "plateaued")):
+        bad = learning[~learning[col]]
+        if len(bad):
+            out.append(f"{label}: " + ", ".join(f"{t}/{m}" for t, m in zip(bad.task, bad.method)))
+    return out
+
+
+def loss_curves(results: pd.DataFrame, smooth: int = 5) -> pd.DataFrame:
+    """task, method, step, loss: the training loss per step averaged over seeds, then a centred
+    rolling mean over `smooth` steps (batch-to-batch noise hides the plateau otherwise)."""
+    rows = []
+    for (task, method), g in results.groupby(["task", "method"], sort=False):
+        L = np.mean(np.stack([np.asarray(x, dtype=float) for x in g["losses"]]), axis=0)
+        L = pd.Series(L).rolling(smooth, center=True, min_periods=1).mean().to_numpy()
+        rows += [{"task": task, "method": method, "step": i + 1, "loss": float(v)} for i, v in enumerate(L)]
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- paired intervals
+def item_matrix(results: pd.DataFrame, task: str, method: str, seeds) -> np.ndarray:
+    """seeds x items correctness (0/1) of one method on one task, seeds in the order given."""
+    sel = results[(results["task"] == task) & (results["method"] == method)].set_index("seed")["items"]
+    missing = [s for s in seeds if s not in sel.index]
+    if missing:
+        raise ValueError(f"results: {task}/{method} lacks seeds {missing}")
+    return np.array([sel.loc[s] for s in seeds], dtype=float)
+
+
+def paired_points(results: pd.DataFrame, task: str, base: str, other: str, seeds) -> np.ndarray:
+    """seeds x items differences other − base in accuracy points (100 × (correct_other − correct_base))."""
+    a, b = item_matrix(results, task, base, seeds), item_matrix(results, task, other, seeds)
+    if a.shape != b.shape:
+        raise ValueError(f"results: {task}: {base} and {other} scored different items ({a.shape} vs {b.shape})")
+    return 100.0 * (b - a)
+
+
+def paper_claim(comparison: str, task: str, tasks, paper_order=None) -> float | None:
+    """The paper's difference (Table 4, Mistral-7B) for `comparison` on our `task` matched by
+    position in `paper_order` (default `tasks`) to PAPER_TASKS, or on the Average; None where the
+    paper makes no such claim (MDL − uniform, an unmatched task)."""
+    pool = {"MDL - LayerIF (All)": "All", "MDL - LayerIF (+ve)": "+ve"}.get(comparison)
+    if pool is None:
+        return None
+    lif, mdl = PAPER_TABLE4[(pool, "LayerIF")], PAPER_TABLE4[(pool, "MDL")]
+    if task == AVERAGE_TASK:
+        return round(mdl[-1] - lif[-1], 2)
+    order = list(paper_order) if paper_order is not None else list(tasks)
+    if task not in order or order.index(task) >= len(PAPER_TASKS):
+        return None
+    i = order.index(task)
+    return round(mdl[i] - lif[i], 2)
+
+
+def intervals(results: pd.DataFrame, tasks, paper_order=None, *, confidence: float = 0.95,
+              n_resamples: int = 4999) -> pd.DataFrame:
+    """Every comparison of `paper.ALLOCATION_COMPARISONS` whose two methods were run: one row per
+    task and one for the Average (mean over tasks), in the intervals schema; metric
+    `paper.ALLOCATION_METRIC` (points)."""
+    rows = []
+    have = set(results["method"])
+    for comp, (base, other) in ALLOCATION_COMPARISONS.items():
+        if not {base, other} <= have:
+            continue
+        seeds = sorted(set(results[results.method == base].seed) & set(results[results.method == other].seed))
+        per_task = {t: paired_points(results, t, base, other, seeds) for t in tasks}
+        for t, d in per_task.items():
+            res = paired_interval(d, confidence=confidence, n_resamples=n_resamples)
+            rows.append(interval_row(comp, t, ALLOCATION_METRIC, res, paper_claim(comp, t, tasks, paper_order)))
+        n = {d.shape[1] for d in per_task.values()}
+        if len(n) != 1:
+            raise ValueError(f"tasks: the task average pairs items across tasks and needs equal test sizes, got {n}")
+        avg = np.mean(np.stack(list(per_task.values())), axis=0)
+        res = paired_interval(avg, confidence=confidence, n_resamples=n_resamples)
+        rows.append(interval_row(comp, AVERAGE_TASK, ALLOCATION_METRIC, res,
+                                 paper_claim(comp, AVERAGE_TASK, tasks, paper_order)))
+    return interval_frame(rows)
+
+
+def verdict_lines(iv: pd.DataFrame) -> list[str]:
+    """One line per comparison on the task average: difference, interval, MDE, the paper's claim
+    and the verdict read from the interval."""
+    out = []
+    for r in iv[iv["task"] == AVERAGE_TASK].itertuples(index=False):
+        claim = "no paper claim" if math.isnan(r.claim) else f"paper (Mistral-7B) {r.claim:+.2f}"
+        out.append(f"{r.comparison}: {r.diff:+.2f} points, {r.confidence:.0%} CI [{r.ci_low:+.2f}, {r.ci_high:+.2f}] "
+                   f"({r.n_seeds} seeds x {r.n_items} items per task; MDE {r.mde:.2f}); {claim} -> {r.verdict}")
+    return out

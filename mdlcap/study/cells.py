@@ -1,0 +1,102 @@
+"""Fine-tuning cells in worker processes: notebook 03's (task, method, seed) grid, and any other
+list of cells, spread over `run.workers` processes on one machine.
+
+    records = run_cells(params, jobs, workers=2)      # jobs: [Job(task, seed, counts=... | ranks=...)]
+
+Each cell is `mdlcap.interventions.finetune.cached_cell`: one entry of the one cache, computed in
+isolation from its own seed (adapter init, batch order) on one torch thread, so its result does
+not depend on which worker ran it, in which order, or how many workers there were; an
+interrupted run resumes from the cells already written. Jobs with the same cache key (methods
+that give identical counts) are run once.
+
+Why not accelerate / torchrun: those split ONE training run over processes (DDP, the 7B path:
+`python -m mdlcap.study.launch`); here the cells are independent runs, so the parallelism is
+over cells: `concurrent.futures.ProcessPoolExecutor` with the "spawn" start method (no torch
+state shared with the parent), each worker loading the base model once.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+from mdlcap.interventions import finetune as ft
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cell: fine-tune `task` from `seed` with LoRA-MoE `counts` (or peft LoRA `ranks`) per layer."""
+    task: str
+    seed: int
+    counts: tuple[int, ...] | None = None
+    ranks: tuple[int, ...] | None = None
+
+    def key(self, params) -> str:
+        return ft.cell_key(params, self.task, self.seed, counts=self.counts, ranks=self.ranks)
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(params, threads: int) -> None:
+    import torch
+
+    from mdlcap import models
+    torch.set_num_threads(threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    base, tok = models.load(params, device="cpu")
+    _WORKER.update(params=params, base=base, tok=tok, batches={})
+
+
+def _run_job(job: Job) -> dict:
+    w = _WORKER
+    if job.task not in w["batches"]:
+        w["batches"][job.task] = ft.task_train_batches(w["params"], w["tok"], job.task)
+    return ft.cached_cell(w["base"], w["tok"], w["params"], job.task, seed=job.seed,
+                          counts=None if job.counts is None else list(job.counts),
+                          ranks=None if job.ranks is None else list(job.ranks), batches=w["batches"][job.task])
+
+
+def run_cells(params, jobs: Sequence[Job], *, workers: int = 1, base=None, tok=None, accelerator=None,
+              desc: str | None = "fine-tune cells") -> dict[str, dict]:
+    """{cache key: record} for every job (each distinct key run once), through the cache.
+
+    workers = 1 runs in this process on `base`/`tok` (and `accelerator`: the GPU / multi-process
+    path); workers > 1 starts that many CPU processes of one torch thread each. A tqdm bar titled
+    `desc` counts finished cells (none if None)."""
+    from tqdm.auto import tqdm
+
+    if workers < 1:
+        raise ValueError(f"workers: must be >= 1, got {workers}")
+    unique: dict[str, Job] = {}
+    for j in jobs:
+        unique.setdefault(j.key(params), j)
+    bar = None if desc is None else tqdm(total=len(unique), desc=desc)
+    out: dict[str, dict] = {}
+    if workers == 1 or len(unique) <= 1:
+        if base is None or tok is None:
+            raise ValueError("base/tok: the in-process path (workers = 1) needs the base model and tokenizer")
+        batches: dict[str, list] = {}
+        for key, j in unique.items():
+            if j.task not in batches:
+                batches[j.task] = ft.task_train_batches(params, tok, j.task)
+            out[key] = ft.cached_cell(base, tok, params, j.task, seed=j.seed,
+                                      counts=None if j.counts is None else list(j.counts),
+                                      ranks=None if j.ranks is None else list(j.ranks),
+                                      accelerator=accelerator, batches=batches[j.task])
+            if bar is not None:
+                bar.update(1)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(params, 1)) as pool:
+            futures = {pool.submit(_run_job, j): key for key, j in unique.items()}
+            for f in as_completed(futures):
+                out[futures[f]] = f.result()
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out
