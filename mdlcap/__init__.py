@@ -48,7 +48,7 @@ interventions/  what the scores are used for
                   measure, solve, data, analysis
 
 study/          the executable paper: one driver module per notebook and the run machinery
-  prepare (00), derivations and solver_speed (01), curvature_scores and measure (02),
+  prepare (00), derivations and solver_speed (01), curvature_scores, validation and measure (02),
   allocation and stats (03), pruning and pruning_ratios (04), transfer_regret and
   transfer_downstream (05), precision (06): every table a notebook shows
   params          params/*.yaml schema and loader; method names checked against the registries

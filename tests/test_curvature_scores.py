@@ -111,77 +111,7 @@ def test_tables_of_section_1_and_4():
     assert set(S.optional_libraries()) == {"curvlinops", "kronfluence", "backpack"}
 
 
-def test_validation_tables_and_verdict():
-    from mdlcap.scores.table import scores_frame
-    res = _results()
-    scores, diag = scores_frame(res), S.cg_diagnostics(res)
-    dec = pd.DataFrame({"layer": [0, 1, 2], "newton_heldout_decrease": [0.1, 0.2, 0.3],
-                        "finetune_heldout_decrease": [0.3, 0.1, 0.2], "newton_converged": [True] * 3})
-    val = S.validation_rank_correlation(scores, dec, "a", ["cg_ggn", "grad_norm"], diag)
-    got = val.set_index(["method", "target"])["spearman"]
-    assert got["cg_ggn", "newton_heldout_decrease"] == pytest.approx(1.0)
-    assert got["grad_norm", "newton_heldout_decrease"] == pytest.approx(-1.0)
-    assert got["cg_ggn", "finetune_heldout_decrease"] == pytest.approx(-0.5)
-    assert val["assessable"].all()
-    v = S.zeta_vs_gradnorm(val)
-    assert v["damping"] is None
-    t = v["targets"]["newton_heldout_decrease"]
-    assert t["best_zeta2"] == "cg_ggn" and t["n_zeta2_beating"] == 1 and t["n_zeta2"] == 1 and t["assessable"]
-    assert t["cg_ggn_beats_grad_norm"] and t["cg_ggn_rho"] == pytest.approx(1.0) and t["cg_ggn"] == "beats"
-    f = v["targets"]["finetune_heldout_decrease"]
-    assert f["grad_norm"] == pytest.approx(0.5) and not f["cg_ggn_beats_grad_norm"] and f["cg_ggn"] == "does not beat"
-    # task b's CG solves did not converge (rel residual 0.1): its ρ is shown, the verdict is "not assessable"
-    bad = S.validation_rank_correlation(scores, dec, "b", ["cg_ggn", "grad_norm"], diag)
-    assert bad.set_index("method").loc["cg_ggn", "assessable"].tolist() == [False, False]
-    vb = S.zeta_vs_gradnorm(bad)["targets"]["finetune_heldout_decrease"]
-    assert vb["cg_ggn"] == "not assessable" and vb["cg_ggn_beats_grad_norm"] is None and vb["cg_ggn_rho"] is None
-    assert vb["zeta2_not_assessable"] == ["cg_ggn"] and vb["n_zeta2"] == 0 and vb["best_zeta2"] is None
-    # an unconverged Newton solve makes the Newton target itself not assessable, for every method
-    dec_bad = dec.assign(newton_converged=[True, False, True])
-    vn = S.zeta_vs_gradnorm(S.validation_rank_correlation(scores, dec_bad, "a", ["cg_ggn", "grad_norm"], diag))
-    assert not vn["targets"]["newton_heldout_decrease"]["assessable"]
-    assert vn["targets"]["newton_heldout_decrease"]["cg_ggn"] == "not assessable"
-    assert vn["targets"]["finetune_heldout_decrease"]["cg_ggn"] == "does not beat"
-    # a table without convergence columns (an older run): CG rows count as unconverged
-    vo = S.zeta_vs_gradnorm(val.drop(columns="assessable"))
-    assert vo["targets"]["newton_heldout_decrease"]["cg_ggn"] == "not assessable"
-    by_lam = pd.DataFrame({"damping": [1e-2, 1e-2, 1.0, 1.0], "method": ["cg_ggn", "kfac"] * 2,
-                           "spearman_finetune": [0.9, 0.9, 0.8, 0.2], "grad_norm_spearman": [0.5] * 4,
-                           "cg_rel_residual_median": [0.4, float("nan"), 1e-4, float("nan")],
-                           "converged": [False, True, True, True]})
-    d = S.zeta_vs_gradnorm(val, by_lam)["damping"]
-    # λ = 1e-2 has the larger ρ but did not converge: it is left out
-    assert d == {"grad_norm_rho": 0.5, "cg_ggn_beats_at": [1.0], "best_rho": 0.8, "best_damping": 1.0,
-                 "unconverged_dampings": [1e-2], "verdict": None, "first_rel_residual": 0.4}
-    none = S.zeta_vs_gradnorm(val, by_lam.assign(converged=False))["damping"]
-    assert none["verdict"] == "not assessable" and none["best_rho"] is None and none["cg_ggn_beats_at"] == []
-
-
-def test_validation_decreases_and_damping_validation():
-    model, bs, sp = random_model(**CFG).double(), _batches(n=2), _sp(cg_max_iter=200)
-    held = _batches(n=1, seed=3)
-    before = [p.detach().clone() for p in model.parameters()]
-    dec = S.validation_decreases(model, sp, bs, held, damping=1e-2, progress=False)
-    assert list(dec["layer"]) == [0, 1, 2] and list(dec["block"]) == ["layers.0", "layers.1", "layers.2"]
-    assert np.isfinite(dec[list(S.TARGETS)].to_numpy()).all()
-    assert dec["newton_converged"].all() and (dec["newton_rel_residual"] <= 1e-3).all() and (dec["newton_damping"] == 1e-2).all()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))     # parameters restored
-    short = S.validation_decreases(model, dataclasses.replace(sp, cg_max_iter=1), bs, held, damping=1e-3, progress=False)
-    assert not short["newton_converged"].all()                                     # flagged, not hidden
-    # the blocks setting is honoured: attention and MLP of each layer validated separately
-    fine = S.validation_decreases(model, dataclasses.replace(sp, blocks="attn_mlp", validation_steps=1), bs, held,
-                                  damping=1.0, progress=False)
-    assert list(fine["block"]) == [f"layers.{i}.{k}" for i in range(3) for k in ("attn", "mlp")]
-    assert list(fine["layer"]) == list(range(6))
-    by_lam = S.damping_validation(model, sp, bs, dec["finetune_heldout_decrease"].to_numpy())
-    assert list(by_lam["damping"]) == [1e-2] * 3 + [1.0] * 3
-    assert list(by_lam["method"]) == ["cg_ggn", "diag_fisher", "kfac"] * 2
-    assert by_lam["spearman_finetune"].between(-1, 1).all() and by_lam["grad_norm_spearman"].nunique() == 1
-    assert by_lam["cg_rel_residual_median"].notna().tolist() == [True, False, False] * 2
-    assert by_lam["converged"].all()
-    few = S.damping_validation(model, dataclasses.replace(sp, cg_max_iter=1, lambda_grid=[1e-3]), bs,
-                               dec["finetune_heldout_decrease"].to_numpy())
-    assert few["converged"].tolist() == [False, True, True]
+# the validation of the rankings (validation_decreases, damping_validation, the verdict): tests/test_validation.py
 
 
 def test_damping_policy_one_lambda_per_task():

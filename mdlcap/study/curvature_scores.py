@@ -1,12 +1,11 @@
 """Notebook 02's drivers and tables (METHOD.md §1): score every task with every method into
-scores.csv, validate the rankings against measured one-layer loss decreases, Appendix C's
-λ-sweep (Eq 18–19) on the real model, and the cost of each method in gradient passes.
+scores.csv, compare the methods' rankings, and the cost of each method in gradient passes.
 
     results = score_tasks(model, tok, params, tasks, methods)   # {(task, method): Gains}, cached
     scores = scores_frame(results)                              # scores.csv (mdlcap.scores.table)
-    verdict = zeta_vs_gradnorm(validation, by_lam)              # also what claims.py reads back
 
-CG solves and their convergence rule: study.cg_solves; Appendix C: study.appendix_c.
+CG solves and their convergence rule: study.cg_solves; the validation of the rankings against
+measured one-block decreases, with intervals: study.validation; Appendix C: study.appendix_c.
 
 Every table the notebook shows is one function here; the notebook only calls and plots.
 """
@@ -19,15 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import stats
-from tqdm.auto import tqdm
 
 from mdlcap.models import fingerprint_batches, fingerprint_model
 from mdlcap.scores import autograd as ag
 from mdlcap.scores.blocks import Gains, resolve_blocks
-from mdlcap.scores.newton import applied_step
-from mdlcap.scores.registry import SCORE_METHODS, ZETA2_METHODS, cached_gains, layer_gains, score_method_name
-from mdlcap.study.cg_solves import (NOT_ASSESSABLE, block_converged, cg_gains, converged, screened_solve,
-                                    solve_kwargs)
+from mdlcap.scores.registry import SCORE_METHODS, cached_gains, layer_gains
+from mdlcap.study.cg_solves import block_converged, cg_gains, solve_kwargs
 from mdlcap.study.measure import measure
 from mdlcap.study import layerif
 
@@ -36,7 +32,6 @@ DIAGNOSTIC_KEYS = ("iterations", "rel_residual", "preconditioner", "damping_requ
                    "damping_used", "damping_raises", "ritz_min_H", "ritz_max_H", "rayleigh_min_H",
                    "ritz_min_preconditioned", "ritz_max_preconditioned", "damping_needed_lower_bound", "grad_norm2")
 COST_KEYS = ("seconds", "grad_pass_seconds", "peak_bytes", "n_batches", "n_sequences")
-TARGETS = ("newton_heldout_decrease", "finetune_heldout_decrease")
 
 
 # ----------------------------------------------------------------------------- batches and the cost unit
@@ -263,168 +258,6 @@ def rank_matrix(rank_corr: pd.DataFrame, methods) -> pd.DataFrame:
     for (a, b), v in mean_rho.items():
         R.loc[a, b] = R.loc[b, a] = v
     return R
-
-
-# ----------------------------------------------------------------------------- §2 validation
-def single_layer_decreases(model, train_batches, heldout_batches, steps: Mapping[str, list], blocks=None, *,
-                           finetune_steps: int = 10, lr: float = 1e-3, loss_fn=None, progress: bool = True):
-    """Measured held-out loss decrease per block from (a) the damped Newton step d* of that block alone
-    and (b) fine-tuning that block alone (Adam, `finetune_steps` steps cycling over train_batches).
-    Parameters are restored after each measurement. Returns a DataFrame, one row per block."""
-    blk = resolve_blocks(model, blocks)
-    base = ag.mean_loss(model, heldout_batches, loss_fn)
-    base_train = ag.mean_loss(model, train_batches, loss_fn)
-    rows = []
-    device = ag.model_device(model)
-    for name, params in tqdm(blk.items(), desc="single-layer decreases", disable=ag.progress_off(progress)):
-        row = {"block": name, "heldout_loss": base}
-        if name in steps:
-            with applied_step(params, steps[name]):
-                row["newton_heldout_decrease"] = base - ag.mean_loss(model, heldout_batches, loss_fn)
-                row["newton_train_decrease"] = base_train - ag.mean_loss(model, train_batches, loss_fn)
-        saved = [p.detach().clone() for p in params]
-        with ag.scoring_mode(model, params):
-            opt = torch.optim.Adam(params, lr=lr)
-            for t in range(finetune_steps):
-                b = ag.to_device(train_batches[t % len(train_batches)], device)
-                loss, _ = ag.call_loss(model, b, loss_fn)
-                for p, g in zip(params, ag.grads(loss, params)):
-                    p.grad = g
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            row["finetune_heldout_decrease"] = base - ag.mean_loss(model, heldout_batches, loss_fn)
-            with torch.no_grad():
-                for p, s0 in zip(params, saved):
-                    p.copy_(s0)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def validation_decreases(model, sp, train_batches, heldout_batches, *, damping: float | None = None,
-                         progress: bool = True):
-    """single_layer_decreases of every block of sp.blocks ("layer": decoder layers; "attn_mlp": the
-    finer blocks): the Newton step from CG on the GGN over `train_batches` at `damping` (default
-    sp.damping; pass the λ the task's cg_ggn score used, so that score and step agree) and
-    fine-tuning on the same batches; a `layer` column (block index, as scores.csv's) first, and per
-    block whether its Newton solve converged (`newton_converged`, study.cg_solves) with its
-    residual: a Newton decrease from an unconverged solve is not the Newton step's."""
-    blocks = None if sp.blocks == "layer" else sp.blocks
-    lam = sp.damping if damping is None else float(damping)
-    newton = layer_gains(model, train_batches, method="cg", curvature="ggn", damping=lam, blocks=blocks,
-                         return_steps=True, progress=progress, **solve_kwargs(sp))
-    dec = single_layer_decreases(model, train_batches, heldout_batches, newton.steps, blocks=blocks,
-                                 finetune_steps=sp.validation_steps, lr=sp.validation_lr, progress=progress)
-    dec.insert(0, "layer", range(len(dec)))
-    dec["newton_damping"] = lam
-    dec["newton_rel_residual"] = [newton.diagnostics[b]["rel_residual"] for b in dec["block"]]
-    dec["newton_converged"] = [block_converged(newton.diagnostics[b]) for b in dec["block"]]
-    return dec
-
-
-def validation_rank_correlation(scores: pd.DataFrame, dec: pd.DataFrame, task: str, methods,
-                                cg_diag: pd.DataFrame) -> pd.DataFrame:
-    """Spearman ρ and Kendall τ over layers between each method's scores for `task` and the measured
-    decreases (Newton step, one-layer fine-tuning), with `assessable`: False where the score comes
-    from a CG solve that did not converge on every layer (`cg_diag`, the cg_diagnostics table), or
-    the target is the Newton decrease and a Newton solve did not converge (dec's newton_converged).
-    Unassessable rows keep their ρ for display; every verdict (zeta_vs_gradnorm) skips them."""
-    rows = []
-    sub = scores[scores["task"] == task]
-    newton_ok = bool(dec["newton_converged"].all()) if "newton_converged" in dec else False
-    for m in methods:
-        s = sub[sub["method"] == m].sort_values("layer")["score"].to_numpy()
-        if len(s) != len(dec):
-            continue
-        solved = cg_diag[(cg_diag["task"] == task) & (cg_diag["method"] == m)] if len(cg_diag) else cg_diag
-        score_ok = bool(len(solved) == len(dec) and solved["converged"].all()) if m.startswith("cg_") else True
-        for target in TARGETS:
-            y = dec[target].to_numpy()
-            ok = score_ok and (newton_ok or target != "newton_heldout_decrease")
-            rows.append({"method": m, "target": target, "spearman": stats.spearmanr(s, y).statistic,
-                         "kendall": stats.kendalltau(s, y).statistic, "assessable": ok})
-    return pd.DataFrame(rows)
-
-
-def damping_validation(model, sp, batches, y, *, known: Mapping[float, Gains] | None = None) -> pd.DataFrame:
-    """For each λ of sp.lambda_grid and method cg_ggn / diag_fisher / kfac, all on the same `batches`
-    and blocks (sp.blocks): Spearman ρ of the scores with the measured decreases `y`, beside the
-    (λ-free) gradient norm's ρ; for cg_ggn its median and largest residual and `converged` (every
-    block, study.cg_solves; a row with False enters no verdict). The λ is fixed per row (no policy).
-    cg_ggn at λ is taken from `known` (λ -> Gains of the same solve, e.g. the task's score) when
-    there, else screened (study.cg_solves.screened_solve): when the hardest block does not converge
-    the row is unconverged with ρ = NaN ("not assessable") and the other blocks are not solved."""
-    blocks = None if sp.blocks == "layer" else sp.blocks
-    gn_rho = stats.spearmanr(layer_gains(model, batches, method="grad_norm", blocks=blocks,
-                                         progress=False).values_array(), y).statistic
-    rows, hard, known = [], None, dict(known or {})
-    for lam in sp.lambda_grid:
-        for m in ("cg", "diag_fisher", "kfac"):
-            if m == "cg":
-                g = known.get(float(lam))
-                if g is None:
-                    g, hard = screened_solve(model, batches, sp, "ggn", lam, blocks=blocks, hard=hard, progress=False)
-            else:
-                g = layer_gains(model, batches, method=m, damping=lam, blocks=blocks, progress=False)
-            res = [d["rel_residual"] for d in g.diagnostics.values()] if m == "cg" and g is not None else [float("nan")]
-            rho = stats.spearmanr(g.values_array(), y).statistic if g is not None else float("nan")
-            rows.append({"damping": lam, "method": score_method_name(m, "ggn" if m == "cg" else None),
-                         "spearman_finetune": rho, "grad_norm_spearman": gn_rho,
-                         "cg_rel_residual_median": float(np.median(res)), "cg_rel_residual_max": float(np.max(res)),
-                         "converged": (g is not None and converged(g)) if m == "cg" else True})
-    return pd.DataFrame(rows)
-
-
-def zeta_vs_gradnorm(validation: pd.DataFrame, by_lam: pd.DataFrame | None = None) -> dict:
-    """The verdict on "ζ² ranks layers by reducible risk and beats the gradient norm", from the
-    validation_rank_correlation table (and validation_vs_damping when given), as notebook 02 and
-    claims.py both read it. Rows from unconverged CG solves (`assessable` / `converged` False, or
-    the column missing: convergence unknown) enter no comparison: what they would decide is
-    "not assessable" (study.cg_solves.NOT_ASSESSABLE), never a number.
-
-    "targets": per measured decrease, `assessable` (the target itself: the Newton decrease needs
-    converged Newton solves), the gradient norm's ρ, the best assessable ζ² surrogate and its ρ, how
-    many assessable surrogates beat the gradient norm (and how many were left out), cg_ggn's ρ and
-    "cg_ggn" = "beats" / "does not beat" / "not assessable" (cg_ggn_beats_grad_norm True/False/None);
-    "damping" (with by_lam): the gradient norm's ρ, the converged λ at which cg_ggn beats it, cg_ggn's
-    best ρ over converged λ and its λ (None when no λ converged), the unconverged λ, and CG's
-    median residual at the grid's first λ."""
-    val = validation.copy()
-    if "assessable" not in val:
-        val["assessable"] = [not str(m).startswith("cg_") for m in val["method"]]
-    targets = {}
-    for target, t in val.groupby("target", sort=False):
-        t = t.set_index("method")
-        gn = float(t.loc["grad_norm", "spearman"]) if "grad_norm" in t.index else float("nan")
-        zeta = {m: float(t.loc[m, "spearman"]) for m in ZETA2_METHODS if m in t.index and bool(t.loc[m, "assessable"])}
-        left_out = [m for m in ZETA2_METHODS if m in t.index and not bool(t.loc[m, "assessable"])]
-        # the target itself is measurable when its non-CG rows are (Newton: the Newton solves converged)
-        plain = [m for m in t.index if not str(m).startswith("cg_")]
-        target_ok = bool(t.loc[plain, "assessable"].all()) if plain else bool(t["assessable"].any())
-        best = max(zeta, key=lambda m: zeta[m]) if zeta else None
-        cg_ok = target_ok and "cg_ggn" in zeta
-        beats = (zeta["cg_ggn"] > gn) if cg_ok else None
-        targets[target] = {"assessable": target_ok, "grad_norm": gn if target_ok else None,
-                           "best_zeta2": best if target_ok else None,
-                           "best_zeta2_rho": zeta.get(best) if target_ok else None,
-                           "n_zeta2_beating": sum(1 for z in zeta.values() if z > gn) if target_ok else None,
-                           "n_zeta2": len(zeta), "zeta2_not_assessable": left_out,
-                           "cg_ggn_beats_grad_norm": beats, "cg_ggn_rho": zeta.get("cg_ggn") if cg_ok else None,
-                           "cg_ggn": NOT_ASSESSABLE if beats is None else ("beats" if beats else "does not beat")}
-    out = {"targets": targets, "damping": None}
-    if by_lam is not None:
-        gn_rho = float(by_lam["grad_norm_spearman"].iloc[0])
-        cg = by_lam[by_lam["method"] == "cg_ggn"]
-        ok = cg["converged"].astype(bool) if "converged" in cg else pd.Series(False, index=cg.index)
-        conv = cg[ok]
-        best = conv.loc[conv["spearman_finetune"].idxmax()] if len(conv) else None
-        out["damping"] = {"grad_norm_rho": gn_rho,
-                          "cg_ggn_beats_at": conv[conv["spearman_finetune"] > gn_rho]["damping"].tolist(),
-                          "best_rho": float(best["spearman_finetune"]) if best is not None else None,
-                          "best_damping": float(best["damping"]) if best is not None else None,
-                          "unconverged_dampings": cg[~ok]["damping"].tolist(),
-                          "verdict": None if len(conv) else NOT_ASSESSABLE,
-                          "first_rel_residual": float(cg.iloc[0]["cg_rel_residual_median"])}
-    return out
 
 
 # ----------------------------------------------------------------------------- §4 cost
