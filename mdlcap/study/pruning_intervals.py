@@ -40,14 +40,16 @@ import numpy as np
 import pandas as pd
 
 from mdlcap.interventions.pruning import global_sparsity
-from mdlcap.study.paper import AVERAGE_TASK, PRUNING_METRICS, THRESHOLDS, pruning_table
+from mdlcap.study.paper import (AVERAGE_TASK, PRUNING_METRICS, PRUNING_PARITY_COMPARISONS, PRUNING_PARITY_METRIC,
+                                THRESHOLDS, pruning_table)
 from mdlcap.study.pruning_ratios import BUDGET_TOL, MATCH_SUFFIX, base_method, first_source
 from mdlcap.study.stats import equivalence_verdict, interval_frame, interval_row, paired_interval, stratified_interval
 
 PPL, ZS = PRUNING_METRICS
 COMPARISONS = (("mdl_eq", "uniform"), ("mdl_eq_free", "uniform"), ("layerif", "uniform"), ("owl", "uniform"),
                ("mdl_eq", "layerif"), ("mdl", "layerif@mdl"), ("mdl", "uniform@mdl"))   # (method, baseline)
-CLAIM_COMPARISONS = ("mdl_eq - layerif", "mdl - layerif@mdl")    # Tables 1-2 parity: at 50 %, at MDL's sparsity
+CLAIM_COMPARISONS = PRUNING_PARITY_COMPARISONS    # Tables 1-2 parity: at MDL's own sparsity, and at 50 %
+assert PRUNING_PARITY_METRIC == ZS and {c for m, b in COMPARISONS for c in [f"{m} - {b}"]} >= set(CLAIM_COMPARISONS)
 SCORE_FREE = ("uniform", "owl")
 
 
