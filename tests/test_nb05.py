@@ -75,3 +75,6 @@ def test_nb05_real_drift(request):
             # every allocation spends the same budget of experts
             assert sum(map(int, counts["native"].split())) == sum(map(int, counts["transferred"].split())) \
                 == p.allocation.total_experts
+        summ = pd.read_csv(out / "downstream_summary.csv")
+        assert {"diff_points", "ci_low", "ci_high", "mde", "n_items"} <= set(summ.columns)
+        assert (summ.ci_low <= summ.diff_points + 1e-9).all() and (summ.diff_points <= summ.ci_high + 1e-9).all()

@@ -132,14 +132,22 @@ def test_downstream_pairs_summary_and_verdicts():
     pairs = TD.downstream_pairs(real, ["a", "b", "c"], 2, method="cg_ggn")
     assert len(pairs) == 2 and pairs[0] != pairs[1]
     assert TD.downstream_pairs(real, ["a"], 2) == [] and TD.downstream_pairs(None, ["a"], 2) == []
-    down = pd.DataFrame([
-        {"source": "a", "target": "b", "seed": s, "kind": k, "accuracy": acc, "counts": c, "same_counts": False}
-        for s, (n, t) in enumerate([(0.5, 0.4), (0.6, 0.5), (0.55, 0.45)])
-        for k, acc, c in (("native", n, "2 2 2 2"), ("transferred", t, "3 1 2 2"))])
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(3):                                   # transferred loses 10 points on every seed
+        u = rng.random(200)
+        for k, acc, c in (("native", 0.5, "2 2 2 2"), ("transferred", 0.4, "3 1 2 2")):
+            items = (u < acc).astype(int).tolist()
+            rows.append({"source": "a", "target": "b", "seed": s, "kind": k, "accuracy": float(np.mean(items)),
+                         "items": items, "counts": c, "same_counts": False})
+    down = pd.DataFrame(rows)
     per = TD.downstream_summary(down, real, "cg_ggn")
-    assert per.seeds.tolist() == [3] and per.mean_diff.iloc[0] == pytest.approx(-0.1)
+    assert per.seeds.tolist() == [3] and per.n_items.tolist() == [200]
+    assert per.diff_points.iloc[0] == pytest.approx(-10.0, abs=1.0) and per.ci_high.iloc[0] < 0 < per.mde.iloc[0]
     assert np.isfinite(per.regret.iloc[0])
     (line,) = TD.downstream_verdicts(per)
-    assert line.startswith("VERDICT a -> b") and "lower accuracy" in line
+    assert line.startswith("VERDICT a -> b") and "lower accuracy" in line and "95 % CI" in line
+    null = TD.downstream_summary(down.assign(items=down["items"].where(down.kind == "native").ffill()), real, "cg_ggn")
+    assert null.diff_points.iloc[0] == 0 and "no resolvable difference" in TD.downstream_verdicts(null)[0]
     same = per.assign(same_counts=True)
     assert "identical expert counts" in TD.downstream_verdicts(same)[0]

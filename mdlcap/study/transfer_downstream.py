@@ -2,8 +2,9 @@
 
 For chosen ordered task pairs, LoRA-MoE is fine-tuned on the target task with the target's own
 Algorithm-1 expert counts ("native") and with the source's ("transferred"), per seed, exactly
-as notebook 03 fine-tunes a cell; `downstream_summary` pairs them and `downstream_verdicts`
-says what the difference means against seed noise.
+as notebook 03 fine-tunes a cell; `downstream_summary` pairs them (by seed and by test item)
+into a 95 % bootstrap interval (`mdlcap.study.stats.paired_interval`) with its minimum detectable
+effect, and `downstream_verdicts` reads each verdict from that interval.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from mdlcap import models
 from mdlcap.interventions import allocation as ab
 from mdlcap.interventions import finetune as ft
+from mdlcap.study.stats import paired_interval
 
 
 def downstream_pairs(real, tasks, n_pairs: int = 2, method: str = "cg_ggn") -> list[tuple[str, str]]:
@@ -60,41 +62,43 @@ def downstream(params, scores, pairs, *, method: str = "mdl_cg_ggn", device: str
             rec = ft.cached_cell(base, tok, params, t, seed=seed, counts=[int(c) for c in counts],
                                  accelerator=acc, batches=batches[t])
             rows.append({"source": s, "target": t, "seed": int(seed), "kind": kind,
-                         "accuracy": rec["accuracy"], "counts": " ".join(map(str, counts)),
+                         "accuracy": rec["accuracy"], "items": rec["items"], "counts": " ".join(map(str, counts)),
                          "same_counts": bool(np.array_equal(native, moved)), "cached": rec.get("cached", False)})
     return pd.DataFrame(rows)
 
 
 def downstream_summary(down: pd.DataFrame, real: pd.DataFrame, score_method: str) -> pd.DataFrame:
-    """Per (source, target): mean native and transferred accuracy over seeds, the mean and SD
-    of their paired difference, whether the counts were the same, and the pair's allocation
-    regret and regret/bound under `score_method`'s scores (from notebook 05 §2's table)."""
-    wide = down.pivot_table(index=["source", "target", "seed"], columns="kind", values="accuracy").reset_index()
-    wide["diff"] = wide["transferred"] - wide["native"]
-    per_pair = (wide.groupby(["source", "target"])
-                .agg(native=("native", "mean"), transferred=("transferred", "mean"),
-                     mean_diff=("diff", "mean"), sd_diff=("diff", "std"), seeds=("diff", "size"))
-                .reset_index())
-    same = down.groupby(["source", "target"]).same_counts.first().reset_index()
-    per_pair = per_pair.merge(same, on=["source", "target"])
+    """Per (source, target): mean native and transferred accuracy over seeds, their paired
+    difference in points with its 95 % interval over seeds and test items (ci_low, ci_high, mde),
+    whether the counts were the same, and the pair's allocation regret and regret/bound under
+    `score_method`'s scores (from notebook 05 §2's table)."""
+    rows = []
+    for (s, t), g in down.groupby(["source", "target"], sort=False):
+        seeds = sorted(g.seed.unique())
+        item = {k: np.array([g[(g.kind == k) & (g.seed == sd)]["items"].iloc[0] for sd in seeds], dtype=float)
+                for k in ("native", "transferred")}
+        iv = paired_interval(100.0 * (item["transferred"] - item["native"]))
+        rows.append({"source": s, "target": t, "native": float(g[g.kind == "native"].accuracy.mean()),
+                     "transferred": float(g[g.kind == "transferred"].accuracy.mean()), "seeds": len(seeds),
+                     "n_items": iv["n_items"], "diff_points": iv["diff"], "ci_low": iv["ci_low"],
+                     "ci_high": iv["ci_high"], "mde": iv["mde"], "same_counts": bool(g.same_counts.iloc[0])})
+    per_pair = pd.DataFrame(rows)
     reg = real[(real.program == "allocate") & (real.method == score_method) & (real.error == "")]
     return per_pair.merge(reg[["source", "target", "regret", "ratio"]], on=["source", "target"], how="left")
 
 
 def downstream_verdicts(per_pair: pd.DataFrame) -> list[str]:
-    """One verdict line per pair: the accuracy difference against 2 standard errors of the seeds."""
+    """One verdict line per pair, read from the 95 % interval of transferred − native accuracy."""
     lines = []
     for r in per_pair.itertuples():
-        se = r.sd_diff / np.sqrt(r.seeds) if r.seeds > 1 and np.isfinite(r.sd_diff) else float("nan")
         if r.same_counts:
             what = "identical expert counts: the transfer costs nothing here"
-        elif r.mean_diff == 0 and (not np.isfinite(se) or se == 0):
-            what = "the same accuracy in every seed (different counts, no measurable effect at this eval size)"
-        elif np.isfinite(se) and abs(r.mean_diff) > 2 * se:
-            what = (f"{'lower' if r.mean_diff < 0 else 'higher'} accuracy with the transferred allocation "
-                    f"(beyond 2 s.e. = {2 * se:.3f})")
+        elif not np.isfinite(r.ci_low):
+            what = "no interval (one seed and one item)"
+        elif r.ci_high < 0 or r.ci_low > 0:
+            what = f"{'lower' if r.ci_high < 0 else 'higher'} accuracy with the transferred allocation"
         else:
-            what = (f"difference within seed noise (2 s.e. = {2 * se:.3f})" if np.isfinite(se)
-                    else "one seed: no noise estimate")
-        lines.append(f"VERDICT {r.source} -> {r.target}: transferred - native accuracy {r.mean_diff:+.3f}; {what}.")
+            what = f"no resolvable difference (the design detects {r.mde:.2f} points)"
+        lines.append(f"VERDICT {r.source} -> {r.target}: transferred - native {r.diff_points:+.2f} points, "
+                     f"95 % CI [{r.ci_low:+.2f}, {r.ci_high:+.2f}] over {r.seeds} seeds x {r.n_items} items; {what}.")
     return lines
