@@ -61,9 +61,7 @@ def test_the_word_is_stats_own_verdict():
     (-1.5, 1.5, "underpowered"), (0.3, 1.4, "partly")])
 def test_parity_verdicts(lo, hi, verdict):
     v, word, _ = interval_claim_verdict(lo, hi, 1.0, None, margin=1.0)
-    assert v == verdict
-    if hasattr(stats, "equivalence_verdict"):          # the same words as stats' equivalence rule
-        assert word == stats.equivalence_verdict(lo, hi, 1.0)
+    assert v == verdict and word == stats.equivalence_verdict(lo, hi, 1.0)
 
 
 def test_bad_input_names_the_argument():
@@ -173,3 +171,27 @@ def test_comparison_names_come_from_paper():
     with pytest.raises(ValueError, match="pool"):
         claims.pool_comparison("nope")
     assert set(paper.PRUNING_PARITY_COMPARISONS) == {"mdl - layerif@mdl", "mdl_eq - layerif"}
+
+
+def test_notebook03_writer_and_claims_agree(tmp_path):
+    """The rows allocation_evidence.intervals writes are the rows the claims read."""
+    from mdlcap.study import allocation_evidence as ev
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for t in ("cola", "sciq"):
+        for s in range(5):
+            u = rng.random(200)
+            for m, a in {"uniform": 0.5, "layerif_all": 0.4, "mdl_layerif_all": 0.6}.items():
+                items = (u < a).astype(int).tolist()
+                rows.append({"task": t, "method": m, "seed": s, "accuracy": float(np.mean(items)), "items": items})
+    iv = ev.intervals(pd.DataFrame(rows), ["cola", "sciq"], paper_order=["cola", "mrpc", "csqa", "obqa", "sciq"],
+                      n_resamples=999)
+    (tmp_path / "03_allocation").mkdir()
+    iv.to_csv(tmp_path / "03_allocation" / "intervals.csv", index=False)
+    t = report.claims_table(tmp_path).set_index("claim")
+    a = t.loc["MDL expert allocation beats LayerIF on Mistral-7B (All scores)"]
+    assert a.verdict == "reproduced, larger than claimed" and a.ci_low > 2.66          # a 20-point gain
+    assert t.loc["MDL expert allocation beats uniform experts per layer"].verdict == "reproduced"
+    assert t.loc["Largest single gain on ScienceQA"].verdict != "not testable here"    # the per-task row is found
+    assert "has no row 'MDL - LayerIF (+ve)'" in t.loc["MDL expert allocation beats LayerIF on Mistral-7B (+ve scores)"].why

@@ -77,9 +77,9 @@ def interval_claim_verdict(ci_low: float, ci_high: float, mde: float | None, cla
     """(claims-table verdict, stats word, a clause saying why) for the interval [ci_low, ci_high]
     of a difference "paper's method − baseline", the mapping of the module docstring: `claim` the
     paper's difference (None: only its sign is claimed), `margin` set for a parity claim."""
-    from mdlcap.study.stats import interval_verdict
+    from mdlcap.study.stats import equivalence_verdict, interval_verdict
 
-    if margin is not None and not (math.isfinite(margin) and margin > 0):
+    if margin is not None and not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin > 0):
         raise ValueError(f"margin: must be a positive finite tolerance, got {margin!r}")
     if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
         return "not assessable", "not assessable", "no interval (too few seeds/items to resample)"
@@ -87,8 +87,7 @@ def interval_claim_verdict(ci_low: float, ci_high: float, mde: float | None, cla
         raise ValueError(f"ci_low: must be <= ci_high, got {ci_low} > {ci_high}")
     iv = f"[{ci_low:+.3g}, {ci_high:+.3g}]"
     if margin is not None:
-        word = ("equivalent" if -margin <= ci_low and ci_high <= margin else     # TOST's words
-                "differ" if ci_low > margin or ci_high < -margin else "inconclusive")
+        word = equivalence_verdict(ci_low, ci_high, margin)       # the interval form of TOST
         if word == "equivalent":
             return "reproduced", word, f"the interval {iv} lies inside the parity margin ±{margin:g}"
         if word == "differ":
