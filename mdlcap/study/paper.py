@@ -90,7 +90,6 @@ THRESHOLDS = {
     "allocation_ceiling": 0.95,      # notebook 03: a cell at or above this accuracy cannot rank methods
     "allocation_plateau": 0.05,      # notebook 03: |loss change over the last quarter of training| <= this
     "allocation_min_seeds": 5,       # notebook 03: seeds shared by every method of the powered comparison
-    "sciq_gain_points": 5.0,         # "largest single gain on ScienceQA": reproduced above this many points
     "pruning_parity_points": 1.0,    # Tables 1-2 "match": |MDL - LayerIF| at most this many points
     "zeroshot_mean_se_points": 1.0,  # notebook 04: binomial s.e. of the seven-task zero-shot mean at most this
     "pruning_design_rel_ppl": 0.20,  # notebook 04: 50 % uniform magnitude must raise held-out perplexity this much
