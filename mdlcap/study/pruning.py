@@ -6,6 +6,7 @@
     pruning_results / result_tables            §3 Table 1/2 format, with the paper's Average rows
     budget_check                               every row at the global sparsity it is compared at
     paper_vs_ours / paper_verdict              §3 beside the paper's Tables 1-2
+    (§3, paired intervals at equal sparsity, the parity verdicts, zero-shot power: `mdlcap.study.pruning_intervals`)
     two_four_table                             §4 2:4 semi-structured rows
     sparsity_sweep / sweep_gain                §5 perplexity vs sparsity; `sweep_verdict`
 
