@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 # One version per namespace: the code that fills it. Bump on a change of what an entry holds.
 CODE_VERSIONS = {
-    "corpus": "4",       # the pretraining corpus and its split (the default model's key follows)
+    "corpus": "5",       # the pretraining corpus and its split (the default model's key follows); 5: + stdlib code
     "models": "2",       # pretraining recipe of the embedded default model
     "data": "6",         # the generated task splits and text splits
     "scores": "3",       # per-layer gains and influence scores (2: LayerIF on a LoRA, DataInf per tensor, no offset;

@@ -194,3 +194,20 @@ def test_generator_version_invalidates_cached_finetune_cells(monkeypatch):
     monkeypatch.setitem(cache.CODE_VERSIONS, "data", cache.CODE_VERSIONS["data"] + "-changed")
     assert finetune.cell_key(p, "cola", seed=0, counts=[1, 2]) != before
     assert pretrain.model_key(params.load(SMOKE)) == model_before     # the model does not follow the tasks
+
+
+def test_code_is_pretraining_text_only_and_carries_no_held_out_sentence():
+    """The stdlib code goes to the pretraining split alone, its docstrings cut out: no held-out or
+    calibration sentence (the tasks' and the perplexity's text) reaches the pretraining through it."""
+    corp = C.corpus(0)
+    code = [p for p in corp["pretrain"] if p["source"] == "code"]
+    assert len(code) > 1000 and not any(p["source"] == "code" for s in ("heldout", "calibration") for p in corp[s])
+    joined = "\n".join(p["text"] for p in code)
+    held = [s["text"] for s in C.sentences(0, "heldout")]
+    assert len(held) > 100 and not any(h in joined for h in held[::5])
+    assert not any(s["source"] == "code" for s in C.sentences(0, "pretrain"))
+    import ast
+    for p in code[::200]:                                  # no function or class keeps its docstring
+        for node in ast.walk(ast.parse(p["text"])):
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert ast.get_docstring(node) is None, p["text"][:200]

@@ -1,9 +1,15 @@
-"""The pretraining corpus of the embedded default: English that ships with every Python install.
+"""The pretraining corpus of the embedded default: text that ships with every Python install.
 
-Two sources, neither downloaded nor committed: the language reference (`pydoc_data.topics`,
-~465 KB) and the docstrings of the standard library (read with `ast`, never imported). The
-corpus is cut into paragraphs (reference topics first, then docstrings, in a fixed order) and
-split by paragraph, from `data.seed`, into a pretraining, a calibration and a held-out part.
+Three sources, none downloaded nor committed: the language reference (`pydoc_data.topics`,
+~465 KB), the docstrings of the standard library, and the standard library's own source code
+with its docstrings removed (both read with `ast`, never imported). The English part (reference
+and docstrings) is cut into paragraphs, in a fixed order, and split by paragraph, from
+`data.seed`, into a pretraining, a calibration and a held-out part. The code (one paragraph per
+top-level function or class, ~4.7 M characters) goes to the pretraining part only: it gives the
+model four times the tokens to learn from without repeating the English, while the calibration
+text, the held-out text and the tasks (built from held-out prose) stay English the pretraining
+never saw. Docstrings are cut out of the code, so no held-out sentence reaches the pretraining
+through it.
 
     corpus(seed)                 {"pretrain", "calibration", "heldout"}: lists of paragraphs
     sentences(seed, split)       the plain-prose sentences of a split (the task generators' input)
@@ -71,6 +77,46 @@ def _stdlib_docstrings(max_chars: int = MAX_DOCSTRING_CHARS) -> list[tuple[str, 
     return docs
 
 
+def _strip_docstrings(tree: ast.AST) -> None:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+
+
+def _stdlib_code() -> list[dict[str, str]]:
+    """One paragraph per top-level function or class of the standard library's sources (the
+    folders `_stdlib_docstrings` reads), docstrings removed, as `ast.unparse` writes it (comments
+    are dropped with them)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).parts
+        if any(p in _SKIP_DIRS for p in rel[:-1]) or rel[-1].startswith("test"):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+            continue
+        _strip_docstrings(tree)
+        for node in tree.body:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                try:
+                    text = ast.unparse(node)
+                except (ValueError, RecursionError):
+                    continue
+                out.append({"source": "code", "title": f'The "{rel[0].removesuffix(".py")}" module', "text": text})
+    return out
+
+
+@lru_cache(maxsize=1)
+def code_paragraphs() -> tuple[dict[str, str], ...]:
+    """The code part of the pretraining text, in a fixed order (cached like `paragraphs`)."""
+    return tuple(cache.cached("corpus", {"python": platform.python_version(), "part": "code"}, _stdlib_code,
+                              load=read_jsonl, dump=write_jsonl, suffix=".jsonl"))
+
+
 def _parse_paragraphs() -> list[dict[str, str]]:
     paras: list[dict[str, str]] = []
     for title, text in _pydoc_topics():
@@ -94,14 +140,15 @@ def paragraphs() -> tuple[dict[str, str], ...]:
 @lru_cache(maxsize=4)
 def corpus(seed: int = 0) -> dict[str, list[dict[str, str]]]:
     """The text corpus split by paragraph: {"pretrain", "calibration", "heldout"} lists of
-    {"source", "title", "text"} paragraphs. Deterministic for a seed and a Python version."""
+    {"source", "title", "text"} paragraphs (the English split by the seed; the code appended to
+    "pretrain"). Deterministic for a seed and a Python version."""
     paras = paragraphs()
     rng = np.random.default_rng([seed, 1])
     u = rng.random(len(paras))
     held = u < HELDOUT_FRACTION
     calib = (u >= HELDOUT_FRACTION) & (u < HELDOUT_FRACTION + CALIBRATION_FRACTION)
     return {
-        "pretrain": [p for p, h, c in zip(paras, held, calib) if not h and not c],
+        "pretrain": [p for p, h, c in zip(paras, held, calib) if not h and not c] + list(code_paragraphs()),
         "calibration": [p for p, c in zip(paras, calib) if c],
         "heldout": [p for p, h in zip(paras, held) if h],
     }
@@ -143,7 +190,7 @@ def sentences(seed: int, split: str, source: str | None = None) -> list[dict[str
     if split != "pretrain":
         seen = {s["text"] for s in sentences(seed, "pretrain")}
     for i, p in enumerate(corpus(seed)[split]):
-        if source and p["source"] != source:
+        if (source and p["source"] != source) or p["source"] == "code":
             continue
         for s in prose_sentences(p["text"]):
             if s in seen:

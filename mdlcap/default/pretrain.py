@@ -121,8 +121,6 @@ def _lr(step: int, p) -> float:
 
 def pretrain(params, out_dir: Path, progress: bool = True) -> dict:
     """Train tokenizer + model, save both to out_dir (safetensors), return the metrics."""
-    from tqdm.auto import tqdm
-    from transformers import MistralForCausalLM
 
     t0 = time.time()
     pp = params.model.pretrain
@@ -132,8 +130,24 @@ def pretrain(params, out_dir: Path, progress: bool = True) -> dict:
     held = token_stream(tokenizer, corp["heldout"])
     t_tok = time.time() - t0
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(pp.threads)
+    try:
+        return _train(params, out_dir, tokenizer, train, held, t0, t_tok, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(params, out_dir: Path, tokenizer, train, held, t0: float, t_tok: float, progress: bool) -> dict:
+    from tqdm.auto import tqdm
+    from transformers import MistralForCausalLM
+
+    pp = params.model.pretrain
     torch.manual_seed(params.run.seed)
-    model = MistralForCausalLM(mistral_config(params, tokenizer))
+    config = mistral_config(params, tokenizer)
+    if pp.init_std is not None:
+        config.initializer_range = pp.init_std
+    model = MistralForCausalLM(config)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": pp.weight_decay},

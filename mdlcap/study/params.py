@@ -55,6 +55,10 @@ class PretrainParams:
     lr: float = 3e-3
     warmup: int = 40
     weight_decay: float = 0.1
+    init_std: float | None = None       # std of the initial weights (None: transformers' 0.02, tuned for
+                                        # widths of ~2,500; 1/sqrt(hidden_size) is the fan-in scale)
+    threads: int = 1                    # torch threads of the pretraining loop alone (float reduction
+                                        # order: a different count is a different model, so it is in the key)
 
 
 @dataclass
@@ -417,6 +421,9 @@ def _check_values(p: Params, src: str) -> None:
         need(_m in _alloc_methods, "allocation.methods", f"entries must be among {list(_alloc_methods)}, got {_m!r}")
     need(p.run.threads >= 1, "run.threads", "must be >= 1")
     need(p.run.workers >= 1, "run.workers", "must be >= 1")
+    need(p.model.pretrain.threads >= 1, "model.pretrain.threads", "must be >= 1")
+    need(p.model.pretrain.init_std is None or p.model.pretrain.init_std > 0, "model.pretrain.init_std",
+         "must be null or > 0")
     need(p.precision.dataset in ("digits", "mnist", "fashion_mnist", "cifar10", "svhn"), "precision.dataset",
          "must be one of digits, mnist, fashion_mnist, cifar10, svhn")
     need(all(2 <= b <= 32 for b in p.precision.bit_choices) and p.precision.bit_choices == sorted(set(p.precision.bit_choices)),

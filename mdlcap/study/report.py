@@ -34,14 +34,15 @@ KEY_TABLES = {
     "00_prepare": ["pretrain_losses", "finetune_sanity", "zeroshot_accuracy"],
     "01_derivations": ["lemma1", "closed_form_vs_cvxpy"],
     "02_curvature_scores": ["validation_rank_correlation", "cg_damping", "cost_per_method"],
-    "03_allocation": ["paper_comparison", "mdl_budget_check"],
+    "03_allocation": ["learning", "paper_comparison", "mdl_budget_check"],
     "04_pruning": ["table_perplexity", "table_accuracy", "sweep_gain"],
     "05_transfer_regret": ["violations", "slopes_pooled", "downstream_summary"],
     "06_precision_allocation": ["relaxation_vs_exact", "kappa_bits_correlation"],
 }
 # The figures shown per notebook (PNG stems); a notebook not named here shows every figure it wrote.
 KEY_FIGURES = {
-    "02_curvature_scores": ["rank_correlation", "scores_by_layer", "validation_vs_damping"],
+    "02_curvature_scores": ["validation_intervals", "rank_correlation", "scores_by_layer"],
+    "03_allocation": ["intervals", "loss_curves", "allocations"],
     "04_pruning": ["layer_ratios", "sparsity_sweep"],
     "05_transfer_regret": ["regret_vs_delta", "real_drift_heatmap"],
     "06_precision_allocation": ["pareto_frontier", "precision_heatmap", "error_waterfall"],
