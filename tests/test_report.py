@@ -141,7 +141,7 @@ def test_report_is_short_and_links_every_file(tmp_path):
     _assert_short_and_linked(run, text)
     assert "## Claims: the paper vs this run" in text and "| 3.0 |" in text          # the notebook wall time
     assert "![figure](04_pruning/figure.png)" not in text                           # not a key figure there
-    assert "![figure](03_allocation/figure.png)" in text                            # every figure by default
+    assert "![figure](01_derivations/figure.png)" in text                           # every figure by default
     big = _synthetic_run(tmp_path / "big", n_notebooks=20, csvs=40, rows=200)       # the limit holds by shrinking
     _assert_short_and_linked(big, report.render(big))
 

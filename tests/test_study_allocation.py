@@ -87,7 +87,7 @@ def test_summary_and_paper_format():
     assert w.loc["cola", "mdl_layerif_all"] == f"{row['mean']:.2f} ± {row['std']:.2f}"
 
 
-def test_paired_differences_comparison_and_verdict():
+def test_paired_differences_and_paper_comparison():
     r = _two_pools(gap=0.05)
     d = nb03.paired_differences(r)
     assert set(d.pool) == {"All", "+ve"}
@@ -98,15 +98,6 @@ def test_paired_differences_comparison_and_verdict():
     assert sciq.ours_diff == pytest.approx(5.0) and math.isnan(sciq.gemma_MDL)
     pos = comp[(comp.pool == "+ve") & (comp.task == "Average")].iloc[0]
     assert pos.gemma_LayerIF == 87.46 and pos.gemma_diff == 0.06 and pos.ours_diff == pytest.approx(0.0)
-    v = {x["pool"]: x for x in nb03.verdict(r)}
-    assert v["All"]["call"] == "MDL better" and v["All"]["paper_mistral_diff_points"] == 2.66
-    assert v["+ve"]["call"] == "no resolvable difference" and v["+ve"]["paper_mistral_diff_points"] == 0.67
-    assert v["All"]["n_seeds"] == 3 and v["All"]["diff_points"] == pytest.approx(5.0)
-    lines = nb03.verdict_lines(nb03.verdict(r))
-    assert "consistent with the paper's claim" in lines[0] and "NOT reproduced" in lines[1]
-    one = nb03.verdict(_two_pools(seeds=(0,)))
-    assert all(x["call"].startswith("one seed") for x in one)
-    assert "cannot be judged" in nb03.verdict_lines(one)[0]
 
 
 def test_allocation_tables(tmp_path):
