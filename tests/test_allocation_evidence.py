@@ -78,3 +78,13 @@ def test_loss_curves_average_seeds_per_step():
     res = _results({"uniform": 0.5}, seeds=range(2))
     c = ev.loss_curves(res, smooth=1)
     assert len(c) == len(TASKS) * 8 and c[(c.task == "csqa") & (c.step == 1)]["loss"].iloc[0] == 2.0
+
+
+def test_a_method_absent_on_one_task_is_compared_on_the_others():
+    res = _results({"uniform": 0.4, "layerif_all": 0.4, "mdl_layerif_all": 0.6})
+    res = res[~((res.task == "csqa") & (res.method == "mdl_layerif_all"))]      # Algorithm 1 undefined there
+    iv = ev.intervals(res, TASKS, n_resamples=99)
+    lif = iv[iv.comparison == "MDL - LayerIF (All)"]
+    assert list(lif.task) == ["obqa", "Average"] and ev.average_tasks(iv)["MDL - LayerIF (All)"] == ["obqa"]
+    assert lif["diff"].iloc[0] == lif["diff"].iloc[1]
+    assert "over obqa" in ev.verdict_lines(iv)[0]

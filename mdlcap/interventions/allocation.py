@@ -321,7 +321,9 @@ def allocate(method: str, *, n_layers: int, total: int, params, scores=None, tas
     uniform, mola, alphalora (needs `alphas`), layerif_all / layerif_pos (LayerIF's heuristic on the
     raw layer influence scores of scores.csv), mdl_<score method> (Algorithm 1 on that method's q,
     e.g. mdl_layerif_pos = the paper's MDL-with-LayerIF-scores, mdl_cg_ggn = ζ² by CG on the GGN).
-    Returns None when the scores the method needs are absent from `scores`."""
+    Returns None when the scores the method needs are absent from `scores`, and for mdl_* when
+    no layer of the task has a positive score (q is NaN there: Algorithm 1 has nothing to weigh;
+    LayerIF's heuristic, which inverts max s − s, still allocates)."""
     if method not in METHODS:
         raise ValueError(f"method: unknown allocation method '{method}'; allowed {list(METHODS)}")
     if method == "uniform":
@@ -337,8 +339,8 @@ def allocate(method: str, *, n_layers: int, total: int, params, scores=None, tas
         s = score_vector(scores, task, method, "score")
         return None if s is None else layerif(layerif_raw_influence(s), total, exponent=LAYERIF_EXPONENTS[method])
     q = score_vector(scores, task, method[4:], "q")          # mdl_<score method>
-    if q is None:
-        return None
+    if q is None or not np.all(np.isfinite(q)):             # absent, or no layer with a positive score
+        return None                                        # (q NaN, scores.table): Algorithm 1 is undefined
     return mdl(q, total, alpha=params.alpha, beta=params.beta, gamma=params.gamma, n_min=params.n_min,
                budget_scaling=params.budget_scaling)
 

@@ -92,7 +92,8 @@ def finetune_cells(params, alloc: pd.DataFrame, tasks, methods, *, base=None, to
     (`mdlcap.study.cells.run_cells`; methods with identical counts share one run); one row per
     cell in (task, method, seed) order, with the per-item correctness (`items`) and per-step
     losses (`losses`) the evidence tables read."""
-    cells = [(t, m, s) for t in tasks for m in methods for s in params.allocation.seeds]
+    have = set(zip(alloc["task"], alloc["method"]))       # a method without counts on a task is left out
+    cells = [(t, m, s) for t in tasks for m in methods if (t, m) in have for s in params.allocation.seeds]
     jobs = {c: Job(c[0], int(c[2]), counts=tuple(counts_of(alloc, c[0], c[1]))) for c in cells}
     recs = run_cells(params, list(jobs.values()), workers=workers, base=base, tok=tok, accelerator=accelerator,
                      desc=desc)

@@ -127,15 +127,18 @@ def paper_claim(comparison: str, task: str, tasks, paper_order=None) -> float | 
 def intervals(results: pd.DataFrame, tasks, paper_order=None, *, confidence: float = 0.95,
               n_resamples: int = 4999) -> pd.DataFrame:
     """Every comparison of `paper.ALLOCATION_COMPARISONS` whose two methods were run: one row per
-    task and one for the Average (mean over tasks), in the intervals schema; metric
-    `paper.ALLOCATION_METRIC` (points)."""
+    task where both ran and one for the Average (mean over those tasks; `average_tasks` says
+    which), in the intervals schema; metric `paper.ALLOCATION_METRIC` (points)."""
     rows = []
     have = set(results["method"])
     for comp, (base, other) in ALLOCATION_COMPARISONS.items():
         if not {base, other} <= have:
             continue
         seeds = sorted(set(results[results.method == base].seed) & set(results[results.method == other].seed))
-        per_task = {t: paired_points(results, t, base, other, seeds) for t in tasks}
+        both = [t for t in tasks if {base, other} <= set(results[results.task == t].method)]
+        if not both:
+            continue
+        per_task = {t: paired_points(results, t, base, other, seeds) for t in both}
         for t, d in per_task.items():
             res = paired_interval(d, confidence=confidence, n_resamples=n_resamples)
             rows.append(interval_row(comp, t, ALLOCATION_METRIC, res, paper_claim(comp, t, tasks, paper_order)))
@@ -149,12 +152,18 @@ def intervals(results: pd.DataFrame, tasks, paper_order=None, *, confidence: flo
     return interval_frame(rows)
 
 
+def average_tasks(iv: pd.DataFrame) -> dict[str, list[str]]:
+    """{comparison: the tasks its Average row averages} (those with a per-task row)."""
+    return {c: [t for t in g.task if t != AVERAGE_TASK] for c, g in iv.groupby("comparison", sort=False)}
+
+
 def verdict_lines(iv: pd.DataFrame) -> list[str]:
     """One line per comparison on the task average: difference, interval, MDE, the paper's claim
     and the verdict read from the interval."""
-    out = []
+    out, over = [], average_tasks(iv)
     for r in iv[iv["task"] == AVERAGE_TASK].itertuples(index=False):
         claim = "no paper claim" if math.isnan(r.claim) else f"paper (Mistral-7B) {r.claim:+.2f}"
         out.append(f"{r.comparison}: {r.diff:+.2f} points, {r.confidence:.0%} CI [{r.ci_low:+.2f}, {r.ci_high:+.2f}] "
-                   f"({r.n_seeds} seeds x {r.n_items} items per task; MDE {r.mde:.2f}); {claim} -> {r.verdict}")
+                   f"over {', '.join(over[r.comparison])} ({r.n_seeds} seeds x {r.n_items} items per task; "
+                   f"MDE {r.mde:.2f}); {claim} -> {r.verdict}")
     return out

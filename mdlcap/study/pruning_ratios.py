@@ -187,6 +187,7 @@ def mdl_degeneracy(scores: pd.DataFrame, sizes, pp, sizes_7b: dict[str, np.ndarr
     shapes = {"ours": (int(sizes[0]), L, pp.rho_max)}
     shapes.update({name: (int(s7[0]), len(s7), RHO_MAX_CLIP[name]) for name, s7 in sizes_7b.items()})
     q_ours = {f"{k[0]}/{k[1]}": g.sort_values("layer")["q"].to_numpy() for k, g in scores.groupby(["method", "task"])}
+    q_ours = {k: q for k, q in q_ours.items() if np.all(np.isfinite(q))}   # a source with no positive score: no q
     rows = []
     for name, (nk, nl, rmax) in shapes.items():
         qs = {"uniform q": np.full(nl, 1 / nl)}
