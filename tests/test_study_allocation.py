@@ -159,3 +159,17 @@ def test_paper_numbers():
     assert paper.RHO_MAX_CLIP == {"Mistral-7B": 0.51, "Gemma-7B": 0.55}
     assert all(paper.TABLE3[m]["rho_max"] == paper.RHO_MAX_CLIP[m] for m in paper.RHO_MAX_CLIP)
     assert paper.THRESHOLDS["closed_form_rel_error"] == 1e-5
+
+
+def test_a_source_with_no_positive_score_gets_no_mdl_counts():
+    """All-harmful influence (q NaN in scores.csv): LayerIF still allocates, Algorithm 1 is undefined,
+    and notebook 03's budget check skips it instead of stopping."""
+    s = _scores()
+    bad = (s.task == "cola") & (s.method == "layerif_all")
+    s.loc[bad, "score"], s.loc[bad, "q"] = -1.0, np.nan
+    A = SimpleNamespace(n_min=1, alpha=1.0, beta=0.9, gamma=0.5, budget_scaling=0.0276, total_experts=8,
+                        alphalora_exponent=2.5)
+    assert ab.allocate("mdl_layerif_all", n_layers=4, total=8, params=A, scores=s, task="cola") is None
+    assert ab.allocate("layerif_all", n_layers=4, total=8, params=A, scores=s, task="cola").sum() == 8
+    chk = nb03.budget_check(s, TASKS, A)
+    assert not ((chk.task == "cola") & (chk.scores == "layerif_all")).any() and len(chk)
