@@ -22,7 +22,8 @@ def _results(acc: dict[str, float], seeds=range(5), n_items=200, seed=0, plateau
             for m, a in acc.items():
                 items = (u < a).astype(int).tolist()
                 rows.append({"task": t, "method": m, "seed": s, "accuracy": float(np.mean(items)),
-                             "items": items, "losses": [2.0, 1.5, 1.2, 1.1, 1.0, 1.0, 1.0, 1.0],
+                             "items": items, "losses": [2.0, 1.5, 1.2, 1.1, 1.0 + plateau, 1.0 + plateau,
+                                                        1.0, 1.0],
                              "loss_plateau": plateau, "steps": 8})
     return pd.DataFrame(rows)
 
@@ -65,7 +66,7 @@ def test_learning_table_and_design_problems_flag_what_cannot_rank_methods():
     assert ev.design_problems(learning, ok, 5) == []
     u = learning.set_index(["task", "method"]).loc[("csqa", "uniform")]
     assert u.fraction_of_full_finetune == pytest.approx(u.accuracy_mean / 0.5)
-    bad = _results({"uniform": 0.2, "mdl_cg_ggn": 0.99}, seeds=range(3), plateau=-0.2)
+    bad = _results({"uniform": 0.2, "mdl_cg_ggn": 0.99}, seeds=range(3), plateau=0.2)
     problems = ev.design_problems(ev.learning_table(bad, tasks_csv), bad, 5)
     text = " | ".join(problems)
     assert "fewer than 5 seeds" in text and "at chance" in text and "csqa/uniform" in text
@@ -88,3 +89,11 @@ def test_a_method_absent_on_one_task_is_compared_on_the_others():
     assert list(lif.task) == ["obqa", "Average"] and ev.average_tasks(iv)["MDL - LayerIF (All)"] == ["obqa"]
     assert lif["diff"].iloc[0] == lif["diff"].iloc[1]
     assert "over obqa" in ev.verdict_lines(iv)[0]
+
+
+def test_late_decrease_is_small_on_a_plateau_and_on_a_loss_creeping_to_zero():
+    assert ev.late_decrease([3.0] * 4 + [1.0] * 12) == 0.0
+    creeping = [3.0, 3.0, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03]
+    assert ev.late_decrease(creeping) < 0.05                 # relative change of the loss itself: -0.6
+    assert ev.late_decrease([3.0 - 0.15 * i for i in range(16)]) > 0.2     # still falling linearly
+    assert np.isnan(ev.late_decrease([1.0] * 7))

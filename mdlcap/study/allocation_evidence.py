@@ -33,13 +33,28 @@ Z_CHANCE = THRESHOLDS["above_chance_z"]
 
 
 # ----------------------------------------------------------------------------- did the cells learn?
+def late_decrease(losses, fraction: float = 0.25) -> float:
+    """Share of the run's whole loss decrease made in its last `fraction` of the steps:
+    (mean of the previous window − mean of the last) / (mean of the first window − mean of the
+    last), windows of `fraction` of the steps. ≈ 0 on a plateau; unlike the relative change of
+    the loss itself it stays small when the loss creeps towards 0 (a memorised training split).
+    NaN with fewer than 2 steps per window or no decrease at all."""
+    x = np.asarray(losses, dtype=float)
+    w = int(fraction * len(x))
+    if w < 2:
+        return float("nan")
+    first, prev, last = x[:w].mean(), x[-2 * w:-w].mean(), x[-w:].mean()
+    total = first - last
+    return float((prev - last) / total) if total > 0 else float("nan")
+
+
 def learning_table(results: pd.DataFrame, tasks_csv: pd.DataFrame, sanity_csv: pd.DataFrame | None = None
                    ) -> pd.DataFrame:
     """Per (task, method): mean and lowest accuracy over seeds, chance (notebook 00's tasks.csv),
     the z-score of the lowest seed against chance, whether every seed is above chance (z >
     THRESHOLDS["above_chance_z"]) and below the ceiling (accuracy < THRESHOLDS["allocation_ceiling"]),
-    the largest `loss_plateau` over seeds (relative change of the loss over the last quarter of
-    training) and whether every seed plateaued (|change| <= THRESHOLDS["allocation_plateau"]), and
+    the largest `late_decrease` over seeds (the share of the whole loss decrease made in the last
+    quarter of training) and whether every seed plateaued (<= THRESHOLDS["allocation_plateau"]), and
     the mean as a fraction of notebook 00's full fine-tune of the same task (when given)."""
     chance = tasks_csv.set_index("task")["chance"]
     full = sanity_csv.set_index("task")["finetuned_acc"] if sanity_csv is not None else pd.Series(dtype=float)
@@ -49,7 +64,7 @@ def learning_table(results: pd.DataFrame, tasks_csv: pd.DataFrame, sanity_csv: p
         c = float(chance[task])
         lo = float(g["accuracy"].min())
         z = (lo - c) / math.sqrt(c * (1 - c) / n.min())
-        plateau = float(g["loss_plateau"].abs().max())
+        plateau = float(max(late_decrease(x) for x in g["losses"]))
         rows.append({"task": task, "method": method, "n_seeds": len(g), "n_items": int(n.min()),
                      "accuracy_mean": float(g["accuracy"].mean()), "accuracy_min": lo,
                      "accuracy_max": float(g["accuracy"].max()), "chance": c, "z_min_vs_chance": z,
