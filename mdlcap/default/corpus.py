@@ -53,11 +53,11 @@ _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "site-package
               "ensurepip", "pydoc_data", "__pycache__", "venv", "tkinter"}
 
 
-def _stdlib_docstrings(max_chars: int = MAX_DOCSTRING_CHARS) -> list[tuple[str, str]]:
-    """(title, docstring) for module/class/function docstrings of the standard library, parsed
-    (never imported); the title names the top-level module, e.g. 'The "json" module'."""
+def _stdlib_trees():
+    """(top-level module name, parsed tree) of every standard-library source file the corpus
+    reads (`_SKIP_DIRS` and test files left out), in a fixed order; files that do not parse are
+    skipped. Parsed with `ast`, never imported."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    docs, total = [], 0
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).parts
         if any(p in _SKIP_DIRS for p in rel[:-1]) or rel[-1].startswith("test"):
@@ -66,11 +66,19 @@ def _stdlib_docstrings(max_chars: int = MAX_DOCSTRING_CHARS) -> list[tuple[str, 
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
             continue
+        yield rel[0].removesuffix(".py"), tree
+
+
+def _stdlib_docstrings(max_chars: int = MAX_DOCSTRING_CHARS) -> list[tuple[str, str]]:
+    """(title, docstring) for module/class/function docstrings of the standard library; the
+    title names the top-level module, e.g. 'The "json" module'."""
+    docs, total = [], 0
+    for module, tree in _stdlib_trees():
         for node in ast.walk(tree):
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 d = ast.get_docstring(node)
                 if d and len(d) >= 80:
-                    docs.append((f'The "{rel[0].removesuffix(".py")}" module', d))
+                    docs.append((f'The "{module}" module', d))
                     total += len(d)
         if total >= max_chars:
             break
@@ -87,18 +95,10 @@ def _strip_docstrings(tree: ast.AST) -> None:
 
 def _stdlib_code() -> list[dict[str, str]]:
     """One paragraph per top-level function or class of the standard library's sources (the
-    folders `_stdlib_docstrings` reads), docstrings removed, as `ast.unparse` writes it (comments
-    are dropped with them)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+    files `_stdlib_trees` reads), docstrings removed, as `ast.unparse` writes it (comments are
+    dropped with them)."""
     out = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).parts
-        if any(p in _SKIP_DIRS for p in rel[:-1]) or rel[-1].startswith("test"):
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
-            continue
+    for module, tree in _stdlib_trees():
         _strip_docstrings(tree)
         for node in tree.body:
             if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -106,7 +106,7 @@ def _stdlib_code() -> list[dict[str, str]]:
                     text = ast.unparse(node)
                 except (ValueError, RecursionError):
                     continue
-                out.append({"source": "code", "title": f'The "{rel[0].removesuffix(".py")}" module', "text": text})
+                out.append({"source": "code", "title": f'The "{module}" module', "text": text})
     return out
 
 

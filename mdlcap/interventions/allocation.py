@@ -314,6 +314,13 @@ def score_vector(scores, task: str, method: str, column: str = "score") -> np.nd
     return None if sel.empty else sel[column].to_numpy(dtype=float)
 
 
+def mdl_scores(scores, task: str, method: str) -> np.ndarray | None:
+    """The q Algorithm 1 takes for (task, score method) from scores.csv, or None when that pair is
+    absent or no layer has a positive score (q is NaN there: Algorithm 1 has nothing to weigh)."""
+    q = score_vector(scores, task, method, "q")
+    return None if q is None or not np.all(np.isfinite(q)) else q
+
+
 def allocate(method: str, *, n_layers: int, total: int, params, scores=None, task: str | None = None,
              alphas=None) -> np.ndarray | None:
     """Expert counts (or ranks) for one method; `params` is the allocation section.
@@ -338,9 +345,9 @@ def allocate(method: str, *, n_layers: int, total: int, params, scores=None, tas
     if method in LAYERIF_EXPONENTS:
         s = score_vector(scores, task, method, "score")
         return None if s is None else layerif(layerif_raw_influence(s), total, exponent=LAYERIF_EXPONENTS[method])
-    q = score_vector(scores, task, method[4:], "q")          # mdl_<score method>
-    if q is None or not np.all(np.isfinite(q)):             # absent, or no layer with a positive score
-        return None                                        # (q NaN, scores.table): Algorithm 1 is undefined
+    q = mdl_scores(scores, task, method[4:])                # mdl_<score method>
+    if q is None:
+        return None
     return mdl(q, total, alpha=params.alpha, beta=params.beta, gamma=params.gamma, n_min=params.n_min,
                budget_scaling=params.budget_scaling)
 

@@ -48,8 +48,8 @@ def budget_check(scores, tasks, A) -> pd.DataFrame:
     rows = []
     for task in tasks:
         for sm in BUDGET_CHECK_SCORES:
-            q = ab.score_vector(scores, task, sm, "q")
-            if q is None or not np.all(np.isfinite(q)):      # absent, or no positive score (q NaN)
+            q = ab.mdl_scores(scores, task, sm)
+            if q is None:
                 continue
             lit = ab.mdl_literal(q, A.total_experts, alpha=A.alpha, beta=A.beta, gamma=A.gamma,
                                  budget_scaling=A.budget_scaling, n_min=A.n_min)
@@ -205,8 +205,8 @@ def rank_allocation(scores, task: str, method: str, n_layers: int, A):
     R = A.lora_r * n_layers
     if method == "uniform":
         return ab.uniform(n_layers, R)
-    q = ab.score_vector(scores, task, method[4:], "q")
-    return None if q is None or not np.all(np.isfinite(q)) else ab.mdl(q, R, gamma=A.gamma, n_min=1)
+    q = ab.mdl_scores(scores, task, method[4:])
+    return None if q is None else ab.mdl(q, R, gamma=A.gamma, n_min=1)
 
 
 def rank_experiment(params, scores, n_layers: int, tasks, *, base=None, tok=None, accelerator=None,

@@ -48,13 +48,19 @@ def _init_worker(params, threads: int) -> None:
     _WORKER.update(params=params, base=base, tok=tok, batches={})
 
 
+def _run(job: Job, params, base, tok, batches: dict, accelerator=None) -> dict:
+    """One job through `finetune.cached_cell`, its task's training batches built once in `batches`."""
+    if job.task not in batches:
+        batches[job.task] = ft.task_train_batches(params, tok, job.task)
+    return ft.cached_cell(base, tok, params, job.task, seed=job.seed,
+                          counts=None if job.counts is None else list(job.counts),
+                          ranks=None if job.ranks is None else list(job.ranks), accelerator=accelerator,
+                          batches=batches[job.task])
+
+
 def _run_job(job: Job) -> dict:
     w = _WORKER
-    if job.task not in w["batches"]:
-        w["batches"][job.task] = ft.task_train_batches(w["params"], w["tok"], job.task)
-    return ft.cached_cell(w["base"], w["tok"], w["params"], job.task, seed=job.seed,
-                          counts=None if job.counts is None else list(job.counts),
-                          ranks=None if job.ranks is None else list(job.ranks), batches=w["batches"][job.task])
+    return _run(job, w["params"], w["base"], w["tok"], w["batches"])
 
 
 def run_cells(params, jobs: Sequence[Job], *, workers: int = 1, base=None, tok=None, accelerator=None,
@@ -78,12 +84,7 @@ def run_cells(params, jobs: Sequence[Job], *, workers: int = 1, base=None, tok=N
             raise ValueError("base/tok: the in-process path (workers = 1) needs the base model and tokenizer")
         batches: dict[str, list] = {}
         for key, j in unique.items():
-            if j.task not in batches:
-                batches[j.task] = ft.task_train_batches(params, tok, j.task)
-            out[key] = ft.cached_cell(base, tok, params, j.task, seed=j.seed,
-                                      counts=None if j.counts is None else list(j.counts),
-                                      ranks=None if j.ranks is None else list(j.ranks),
-                                      accelerator=accelerator, batches=batches[j.task])
+            out[key] = _run(j, params, base, tok, batches, accelerator)
             if bar is not None:
                 bar.update(1)
     else:
