@@ -54,16 +54,6 @@ def test_methods_is_the_dispatchers_list():
         ab.allocate("mdl_nonsense", n_layers=4, total=8, params=A, scores=_scores(), task="cola")
 
 
-def test_paired_call_cases():
-    s = pd.Series
-    assert stats.paired_call(s([1.0]), 2.0)["sign"] is None
-    c = stats.paired_call(s([1.0, 1.2, 0.8]), 2.0)
-    assert c["sign"] == 1 and c["n"] == 3 and c["se"] == pytest.approx(0.2 / math.sqrt(3))
-    assert stats.paired_call(s([1.0, -1.0, 0.1]), 2.0)["sign"] == 0
-    assert stats.paired_call(s([-0.5, -0.5]), 2.0)["sign"] == -1          # zero spread, nonzero mean
-    assert stats.paired_call(s([0.0, 0.0]), 2.0)["sign"] == 0
-
-
 def test_per_seed_average_needs_every_task():
     r = _results({("a", "m", 0): 0.5, ("b", "m", 0): 0.7, ("a", "m", 1): 0.4})
     avg = stats.per_seed_average(r)

@@ -69,7 +69,7 @@ def learning_table(results: pd.DataFrame, tasks_csv: pd.DataFrame, sanity_csv: p
                      "accuracy_mean": float(g["accuracy"].mean()), "accuracy_min": lo,
                      "accuracy_max": float(g["accuracy"].max()), "chance": c, "z_min_vs_chance": z,
                      "above_chance": bool(z > Z_CHANCE), "below_ceiling": bool(g["accuracy"].max() < CEILING),
-                     "steps": int(g["steps"].max()), "loss_plateau_max": plateau, "plateaued": bool(plateau <= PLATEAU),
+                     "steps": int(g["steps"].max()), "late_decrease_max": plateau, "plateaued": bool(plateau <= PLATEAU),
                      "full_finetune_acc": float(full.get(task, float("nan"))),
                      "fraction_of_full_finetune": float(g["accuracy"].mean() / full[task]) if task in full else float("nan")})
     return pd.DataFrame(rows)

@@ -1,9 +1,6 @@
-"""Seed statistics shared by the notebooks' verdicts: task averages per seed, the paired call, and
-paired bootstrap intervals with the design's minimum detectable effect.
-
-paired_call is a z-rule on seed means (why not scipy.stats: "is the mean paired difference more
-than z standard errors from zero", with the one-seed and zero-spread cases spelled out, is three
-lines). paired_interval resamples with scipy.stats.bootstrap (seeds and items, BCa).
+"""Seed statistics shared by the notebooks' verdicts: task averages per seed, and paired bootstrap
+intervals with the design's minimum detectable effect. paired_interval and stratified_interval
+resample with scipy.stats.bootstrap (seeds and items, BCa).
 """
 from __future__ import annotations
 
@@ -19,28 +16,30 @@ def per_seed_average(results, methods=None):
     return g[g["count"] == n_tasks].drop(columns="count").rename(columns={"mean": "accuracy"})
 
 
-def paired_call(diffs, z: float) -> dict:
-    """Mean of the paired (per-seed) differences, its standard error over seeds (ddof=1; NaN for
-    one seed), and the sign it resolves to: +1 / -1 when |mean| > z se (or se = 0 and mean != 0),
-    0 when it does not, None with one seed (noise unknown)."""
-    n = len(diffs)
-    diff = float(diffs.mean())
-    se = float(diffs.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-    if n < 2:
-        sign = None
-    elif (abs(diff) > z * se and se > 0) or (se == 0 and diff != 0):
-        sign = 1 if diff > 0 else -1
-    else:
-        sign = 0
-    return {"n": n, "diff": diff, "se": se, "sign": sign}
-
-
 # ----------------------------------------------------------------------------- paired intervals
 # The verdicts of a powered design (every comparison of methods paired by seed and item, read
 # from a 95 % interval that states the smallest effect it could detect). Resampling is
 # scipy.stats.bootstrap's: seeds and items are passed as two independent samples, so scipy
 # resamples each on its own: the two-way (seed × item) bootstrap of a crossed design.
 Z_POWER = 0.8416212335729143        # z_{0.80}: 80 % power, the usual convention for a detectable effect
+
+
+def _check_options(confidence: float, method: str) -> None:
+    if not (0 < confidence < 1):
+        raise ValueError(f"confidence: must lie in (0, 1), got {confidence!r}")
+    if method not in ("BCa", "percentile", "basic"):
+        raise ValueError(f"method: must be 'BCa', 'percentile' or 'basic', got {method!r}")
+
+
+def _interval(res, mean: float, z: float, out: dict) -> dict:
+    """`out` with scipy's interval, its standard error and the MDE; the normal interval (flagged in
+    `method`) where BCa is undefined (e.g. a near-constant statistic)."""
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    se = float(res.standard_error)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        lo, hi = mean - z * se, mean + z * se
+        out = {**out, "method": f"{out['method']} failed; normal"}
+    return {**out, "ci_low": lo, "ci_high": hi, "se": se, "mde": float((z + Z_POWER) * se)}
 
 
 def paired_interval(diffs, *, confidence: float = 0.95, n_resamples: int = 4999, method: str = "BCa",
@@ -64,10 +63,7 @@ def paired_interval(diffs, *, confidence: float = 0.95, n_resamples: int = 4999,
         raise ValueError(f"diffs: must be a non-empty 1-D or 2-D (seeds x items) array, got shape {d.shape}")
     if not np.all(np.isfinite(d)):
         raise ValueError("diffs: every paired difference must be finite")
-    if not (0 < confidence < 1):
-        raise ValueError(f"confidence: must lie in (0, 1), got {confidence!r}")
-    if method not in ("BCa", "percentile", "basic"):
-        raise ValueError(f"method: must be 'BCa', 'percentile' or 'basic', got {method!r}")
+    _check_options(confidence, method)
     n_seeds, n_items = d.shape
     mean = float(d.mean())
     out = {"diff": mean, "n_seeds": n_seeds, "n_items": n_items, "confidence": confidence, "method": method}
@@ -87,12 +83,7 @@ def paired_interval(diffs, *, confidence: float = 0.95, n_resamples: int = 4999,
     samples = tuple(np.arange(d.shape[a], dtype=float) for a in axes)
     res = st.bootstrap(samples, stat, paired=False, vectorized=False, n_resamples=n_resamples,
                        confidence_level=confidence, method=method, rng=np.random.default_rng(seed))
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    se = float(res.standard_error)
-    if not (math.isfinite(lo) and math.isfinite(hi)):       # BCa undefined (e.g. a near-constant statistic)
-        lo, hi = mean - z * se, mean + z * se
-        out["method"] = f"{method} failed; normal"
-    return {**out, "ci_low": lo, "ci_high": hi, "se": se, "mde": float((z + Z_POWER) * se)}
+    return _interval(res, mean, z, out)
 
 
 def interval_verdict(ci_low: float, ci_high: float, claim: float, mde: float | None = None) -> str:
@@ -194,10 +185,7 @@ def stratified_interval(strata, *, confidence: float = 0.95, n_resamples: int = 
         raise ValueError("strata: must be a non-empty list of non-empty 1-D arrays")
     if not all(np.all(np.isfinite(x)) for x in ds):
         raise ValueError("strata: every paired difference must be finite")
-    if not (0 < confidence < 1):
-        raise ValueError(f"confidence: must lie in (0, 1), got {confidence!r}")
-    if method not in ("BCa", "percentile", "basic"):
-        raise ValueError(f"method: must be 'BCa', 'percentile' or 'basic', got {method!r}")
+    _check_options(confidence, method)
     mean = float(np.mean([x.mean() for x in ds]))
     out = {"diff": mean, "n_seeds": 1, "n_items": int(sum(x.size for x in ds)), "n_strata": len(ds),
            "confidence": confidence, "method": method}
@@ -214,9 +202,4 @@ def stratified_interval(strata, *, confidence: float = 0.95, n_resamples: int = 
 
     res = st.bootstrap(tuple(var), stat, paired=False, vectorized=True, n_resamples=n_resamples,
                        confidence_level=confidence, method=method, rng=np.random.default_rng(seed))
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    se = float(res.standard_error)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        lo, hi = mean - z * se, mean + z * se
-        out["method"] = f"{method} failed; normal"
-    return {**out, "ci_low": lo, "ci_high": hi, "se": se, "mde": float((z + Z_POWER) * se)}
+    return _interval(res, mean, z, out)
