@@ -22,9 +22,10 @@ def _results(acc: dict[str, float], seeds=range(5), n_items=200, seed=0, plateau
             for m, a in acc.items():
                 items = (u < a).astype(int).tolist()
                 rows.append({"task": t, "method": m, "seed": s, "accuracy": float(np.mean(items)),
-                             "items": items, "losses": [2.0, 1.5, 1.2, 1.1, 1.0 + plateau, 1.0 + plateau,
-                                                        1.0, 1.0],
-                             "loss_plateau": plateau, "steps": 8})
+                             "items": items, "losses": [2.0, 1.5, 1.2, 1.1, 1.0, 0.9, 0.8, 0.7],
+                             "val_steps": [0, 1, 2, 3, 4, 5, 6, 7, 8],
+                             "val_losses": [2.0, 1.5, 1.2, 1.1, 1.0, 1.0 + plateau, 1.0 + plateau, 1.0, 1.0],
+                             "steps": 8})
     return pd.DataFrame(rows)
 
 
@@ -77,8 +78,21 @@ def test_learning_table_and_design_problems_flag_what_cannot_rank_methods():
 
 def test_loss_curves_average_seeds_per_step():
     res = _results({"uniform": 0.5}, seeds=range(2))
+    res.loc[res.seed == 1, "val_losses"] = res.loc[res.seed == 1, "val_losses"].map(lambda v: [x + 1 for x in v])
     c = ev.loss_curves(res, smooth=1)
-    assert len(c) == len(TASKS) * 8 and c[(c.task == "csqa") & (c.step == 1)]["loss"].iloc[0] == 2.0
+    train, val = c[c.split == "train"], c[c.split == "validation"]
+    assert len(train) == len(TASKS) * 8 and train[(train.task == "csqa") & (train.step == 1)]["loss"].iloc[0] == 2.0
+    assert len(val) == len(TASKS) * 9 and val[(val.task == "csqa") & (val.step == 0)]["loss"].iloc[0] == 2.5
+
+
+def test_a_held_out_loss_that_turns_up_counts_as_plateaued_and_one_still_falling_does_not():
+    tasks_csv = pd.DataFrame({"task": TASKS, "chance": [0.2, 0.25]})
+    res = _results({"uniform": 0.6})
+    res["val_losses"] = [[2.0, 1.5, 1.2, 1.1, 1.0, 1.05, 1.1, 1.15, 1.2]] * len(res)     # overfits
+    assert ev.learning_table(res, tasks_csv).plateaued.all()
+    res["val_losses"] = [[2.0 - 0.1 * i for i in range(9)]] * len(res)                   # still learning
+    lt = ev.learning_table(res, tasks_csv)
+    assert not lt.plateaued.any() and (lt.late_decrease_max > 0.2).all()
 
 
 def test_a_method_absent_on_one_task_is_compared_on_the_others():
@@ -91,9 +105,3 @@ def test_a_method_absent_on_one_task_is_compared_on_the_others():
     assert "over obqa" in ev.verdict_lines(iv)[0]
 
 
-def test_late_decrease_is_small_on_a_plateau_and_on_a_loss_creeping_to_zero():
-    assert ev.late_decrease([3.0] * 4 + [1.0] * 12) == 0.0
-    creeping = [3.0, 3.0, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03]
-    assert ev.late_decrease(creeping) < 0.05                 # relative change of the loss itself: -0.6
-    assert ev.late_decrease([3.0 - 0.15 * i for i in range(16)]) > 0.2     # still falling linearly
-    assert np.isnan(ev.late_decrease([1.0] * 7))

@@ -120,6 +120,19 @@ def test_task_batches_loss_on_answer_only():
         D.task_batches(tok, ex, batch_size=0)
 
 
+def test_task_batches_grouped_by_length_pad_less_and_keep_every_example():
+    tok = _toy_tokenizer()
+    words = "the quick brown fox jumps over the lazy dog".split()
+    ex = [{"id": str(i), "query": " ".join(words[: 1 + (i * 5) % 9]), "choices": ["no", "yes"], "label": i % 2}
+          for i in range(12)]
+    plain = D.task_batches(tok, ex, batch_size=4)
+    grouped = D.task_batches(tok, ex, batch_size=4, group_by_length=True)
+    pads = lambda bs: sum(int((b["attention_mask"] == 0).sum()) for b in bs)    # noqa: E731
+    assert pads(grouped) < pads(plain)
+    rows = lambda bs: sorted(tuple(r[m.bool()].tolist()) for b in bs for r, m in zip(b["input_ids"], b["attention_mask"]))  # noqa: E731
+    assert rows(grouped) == rows(plain)                   # the same examples, only batched differently
+
+
 def test_lm_batches_windows():
     tok = _toy_tokenizer()
     batches = D.lm_batches(tok, ["the quick brown fox jumps over the lazy dog."] * 10, seq_len=16, batch_size=3)

@@ -1,6 +1,7 @@
 """LoRA-MoE adapter (mdlcap.interventions.moe) and the fine-tuning loop on a tiny random Mistral."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -170,11 +171,49 @@ def test_cached_cell_goes_through_the_one_cache(tmp_path, monkeypatch):
     assert NonMain.waits == 2                           # every cell ends on a barrier
 
 
-def test_loss_plateau_tells_a_flat_tail_from_a_falling_one():
-    from mdlcap.interventions.finetune import loss_plateau
+def test_late_decrease_is_small_on_a_plateau_negative_on_an_upturn_and_large_while_falling():
+    from mdlcap.interventions.finetune import late_decrease
 
-    falling = [10.0 - 0.1 * i for i in range(40)]
-    flat = [5.0] * 20 + [2.0 + 0.01 * (-1) ** i for i in range(20)]
-    assert loss_plateau(falling) < -0.1                  # last quarter ~ 11 % below the one before
-    assert abs(loss_plateau(flat)) < 1e-3
-    assert loss_plateau([1.0] * 7) != loss_plateau([1.0] * 7)   # NaN: < 2 steps per window
+    assert late_decrease([3.0] * 4 + [1.0] * 12) == 0.0
+    creeping = [3.0, 3.0, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03]
+    assert late_decrease(creeping) < 0.05                 # relative change of the loss itself: -0.6
+    assert late_decrease([3.0 - 0.15 * i for i in range(16)]) > 0.2     # still falling linearly
+    assert late_decrease([3.0, 2.0, 1.5, 1.4, 1.4, 1.5, 1.6, 1.7]) < 0  # a held-out loss past its minimum
+    assert np.isnan(late_decrease([1.0] * 7))                           # < 2 points per window
+    assert np.isnan(late_decrease([1.0] * 8))                           # no decrease: nothing learned
+
+
+def test_validation_loss_is_recorded_on_schedule_without_changing_training():
+    from mdlcap.interventions.finetune import ValidationLoss
+
+    batches, held = _batches(), _batches()[:2]
+    runs = []
+    for v in (None, ValidationLoss(held, every=3)):
+        model = random_model(num_hidden_layers=2)
+        moe.add_lora_moe(model, [2, 3], r=4, alpha=8, seed=0)
+        runs.append((finetune(model, batches, epochs=2, lr=1e-2, seed=0, progress=False, validation=v), v))
+    (plain, _), (tracked, v) = runs
+    assert tracked == plain                               # evaluation touches neither RNG nor batch order
+    n = 2 * len(batches)
+    assert v.steps == sorted({0, *range(3, n + 1, 3), n}) and len(v.losses) == len(v.steps)
+    assert v.losses[-1] < v.losses[0]
+    with pytest.raises(ValueError, match="every"):
+        ValidationLoss(held, every=0)
+    with pytest.raises(ValueError, match="batches"):
+        ValidationLoss([], every=2)
+
+
+def test_task_epochs_override_one_task_and_only_that_tasks_cells():
+    import dataclasses
+
+    from mdlcap.interventions import finetune as ft
+    from mdlcap.study.params import load
+
+    p = load("params/smoke.yaml")
+    a = dataclasses.replace(p.allocation, epochs=2, task_epochs={"csqa": 5})
+    q = dataclasses.replace(p, allocation=a)
+    assert ft.task_epochs(q, "csqa") == 5 and ft.task_epochs(q, "sciq") == 2
+    base = dataclasses.replace(p, allocation=dataclasses.replace(a, task_epochs={}))
+    spec = lambda params, t: ft.cell_spec(params, t, 0, counts=[1, 1])    # noqa: E731
+    assert spec(q, "sciq")["alloc"] == spec(base, "sciq")["alloc"]      # csqa's override leaves sciq's key alone
+    assert spec(q, "csqa")["alloc"]["epochs"] == 5

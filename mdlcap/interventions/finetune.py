@@ -4,6 +4,8 @@ loop runs on one CPU process (the default run), on one GPU, and under
 averaged by DDP, so all processes hold identical adapter weights after every step).
 
     losses = finetune(model, batches, epochs=1, lr=2e-4, seed=0)
+    held = ValidationLoss(val_batches, every=16)                     # optional: held-out loss every 16 steps
+    finetune(model, batches, ..., validation=held); held.steps, held.losses
 
 `batches` are ready-made dicts for `model(**batch)` whose `.loss` is the answer-only LM loss
 (`mdlcap.default.data.task_batches`). Evaluation of the fine-tuned model is `mdlcap.evaluation.lm_eval_accuracy`.
@@ -24,7 +26,7 @@ from mdlcap.interventions.moe import moe_aux_loss
 from mdlcap.models import resolve_path
 from mdlcap.scores.autograd import progress_off
 
-PLATEAU_FRACTION = 0.25      # `loss_plateau` compares the mean loss of the last two quarters of training
+PLATEAU_FRACTION = 0.25      # `late_decrease` compares the last quarter of a loss curve with the rest
 
 
 class _Batches(Dataset):
@@ -44,6 +46,40 @@ def _single(items: list[dict]) -> dict:
     return items[0]
 
 
+class ValidationLoss:
+    """The held-out loss along training: `finetune(..., validation=v)` calls `v(step, model)` before
+    the first step and after every `every`-th, and `v` records the mean answer-only loss of
+    `batches` at that step (eval mode, no gradient; the training RNG and batch order are not
+    touched). Under DDP every process evaluates all `batches` on its own replica, so each holds the
+    same curve.
+
+    Why held-out and not the training loss: a generated training split of 512 examples is
+    memorised long before the held-out loss stops improving, so the training loss keeps falling
+    (towards 0) after learning has stopped; the held-out curve says when training has plateaued."""
+
+    def __init__(self, batches: Sequence[dict], every: int):
+        if not batches:
+            raise ValueError("batches: the validation batches must not be empty")
+        if int(every) < 1:
+            raise ValueError(f"every: must be >= 1 step, got {every}")
+        self.batches, self.every = list(batches), int(every)
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+
+    def due(self, step: int, last: int) -> bool:
+        return step == 0 or step % self.every == 0 or step == last
+
+    @torch.no_grad()
+    def __call__(self, step: int, model: torch.nn.Module) -> None:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        total = sum(model(**{k: v.to(device) for k, v in b.items()}).loss.float().item() for b in self.batches)
+        self.steps.append(int(step))
+        self.losses.append(total / len(self.batches))
+        model.train(was_training)
+
+
 def make_accelerator(device: str = "cpu", mixed_precision: str = "no"):
     """An Accelerator for `device` ("cpu" forces CPU even where a GPU exists; "cuda"/"auto" let
     accelerate pick the launch's devices)."""
@@ -55,11 +91,12 @@ def make_accelerator(device: str = "cpu", mixed_precision: str = "no"):
 def finetune(model: torch.nn.Module, train_batches: Sequence[dict], *, epochs: int = 1, lr: float = 2e-4,
              accelerator=None, seed: int = 0, weight_decay: float = 0.0, aux_loss_coef: float = 0.0,
              max_grad_norm: float | None = 1.0, warmup_ratio: float = 0.0, progress: bool = True,
-             desc: str = "finetune") -> list[float]:
+             desc: str = "finetune", validation: ValidationLoss | None = None) -> list[float]:
     """Train the parameters of `model` that require grad with AdamW on `train_batches` for `epochs`
     (linear decay after an optional warm-up), plus `aux_loss_coef` x the MoE load-balancing loss.
-    Returns the training loss of every step (averaged over processes). The model is trained in
-    place and left in eval mode, unwrapped from DDP."""
+    Returns the training loss of every step (averaged over processes); `validation` (a
+    `ValidationLoss`) records the held-out loss along the way. The model is trained in place and
+    left in eval mode, unwrapped from DDP."""
     from accelerate.utils import set_seed
 
     if epochs < 1:
@@ -88,6 +125,8 @@ def finetune(model: torch.nn.Module, train_batches: Sequence[dict], *, epochs: i
     losses: list[float] = []
     quiet = progress_off(progress) or not accelerator.is_local_main_process    # TQDM_DISABLE under papermill
     bar = tqdm(total=steps, desc=desc, leave=False, disable=quiet)
+    if validation is not None:
+        validation(0, model)
     for _ in range(epochs):
         for batch in loader:
             out = model(**batch)
@@ -106,6 +145,8 @@ def finetune(model: torch.nn.Module, train_batches: Sequence[dict], *, epochs: i
             losses.append(step_loss)
             bar.set_postfix(loss=f"{step_loss:.3f}")
             bar.update(1)
+            if validation is not None and validation.due(len(losses), steps):
+                validation(len(losses), model)
     bar.close()
     model = accelerator.unwrap_model(model)
     model.eval()
@@ -113,29 +154,61 @@ def finetune(model: torch.nn.Module, train_batches: Sequence[dict], *, epochs: i
     return losses
 
 
-def loss_plateau(losses: Sequence[float], fraction: float = PLATEAU_FRACTION) -> float:
-    """Relative change of the mean training loss between the last two `fraction`s of the steps,
-    (mean(last) − mean(previous)) / mean(previous): ≈ 0 once training has plateaued, clearly
-    negative while the loss still falls. NaN with fewer than 2 steps per window."""
-    n = len(losses)
-    w = int(fraction * n)
+def late_decrease(losses: Sequence[float], fraction: float = PLATEAU_FRACTION) -> float:
+    """Share of a loss curve's whole decrease made in its last `fraction` of the points:
+    (mean of the previous window − mean of the last) / (mean of the first window − mean of the
+    last), windows of `fraction` of the points. ≈ 0 on a plateau, < 0 once the curve turns up
+    again (a held-out loss after its minimum); unlike the relative change of the loss itself it
+    stays small when the loss creeps towards 0. NaN with fewer than 2 points per window or no
+    decrease at all (nothing was learned)."""
+    import numpy as np
+
+    x = np.asarray(losses, dtype=float)
+    w = int(fraction * len(x))
     if w < 2:
         return float("nan")
-    prev, last = losses[n - 2 * w:n - w], losses[n - w:]
-    mp = sum(prev) / w
-    return float((sum(last) / w - mp) / mp) if mp else float("nan")
+    first, prev, last = x[:w].mean(), x[-2 * w:-w].mean(), x[-w:].mean()
+    total = first - last
+    return float((prev - last) / total) if total > 0 else float("nan")
+
+
+def held_out_plateau(val_losses: Sequence[float]) -> float:
+    """`late_decrease` of a `ValidationLoss` curve from its first evaluation after step 0 on: the
+    untuned model's loss (step 0) is dominated by not yet answering in the task's answer words
+    (several nats), and measured against that first drop every later curve would look flat."""
+    return late_decrease(list(val_losses)[1:])
 
 
 # --------------------------------------------------------------------------- one experiment cell
 def task_train_batches(params, tokenizer, task: str) -> list[dict]:
-    """Training batches of a fine-tune task (first `allocation.max_train` examples of its train split)."""
+    """Training batches of a fine-tune task (first `allocation.max_train` examples of its train
+    split), grouped by length (`task_batches(group_by_length=True)`: less padding, same examples)."""
     from mdlcap.default import data as mdata
 
     a = params.allocation
     examples = mdata.load_task(params, task, "train")
     if a.max_train is not None:
         examples = examples[: a.max_train]
-    return mdata.task_batches(tokenizer, examples, a.batch_size, max_len=a.max_len)
+    return mdata.task_batches(tokenizer, examples, a.batch_size, max_len=a.max_len, group_by_length=True)
+
+
+def task_epochs(params, task: str) -> int:
+    """Passes over the training examples for `task`: `allocation.task_epochs[task]`, else `allocation.epochs`."""
+    a = params.allocation
+    return int(a.task_epochs.get(task, a.epochs))
+
+
+def task_validation(params, tokenizer, task: str) -> ValidationLoss | None:
+    """The held-out loss tracker of one cell: the first `allocation.validation_items` examples of
+    the task's validation split, every `allocation.validation_every` steps (None when that is 0)."""
+    from mdlcap.default import data as mdata
+
+    a = params.allocation
+    if not a.validation_every:
+        return None
+    examples = mdata.load_task(params, task, "validation")[: a.validation_items]
+    return ValidationLoss(mdata.task_batches(tokenizer, examples, a.batch_size, max_len=a.max_len,
+                                             group_by_length=True), every=a.validation_every)
 
 
 def run_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None, ranks=None,
@@ -144,8 +217,10 @@ def run_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None
     LoRA `ranks` per layer) and evaluate it on the task's test split through lm-eval.
 
     Returns a JSON-able record: accuracy, the correctness of every test item in doc order
-    (`items`, what paired intervals resample), the loss of every step (`losses`; first, mean of the
-    last 10 % and `loss_plateau`), trainable parameters, wall seconds. The base model is never
+    (`items`, what paired intervals resample), the loss of every step (`losses`; first and mean of
+    the last 10 %), the held-out loss along training (`val_steps`, `val_losses`; `task_validation`)
+    and its `late_decrease` (`val_late_decrease`: ≈ 0 or < 0 once training has plateaued),
+    trainable parameters, wall seconds. The base model is never
     modified."""
     import copy
     import time
@@ -171,8 +246,9 @@ def run_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None
     n_train, n_total = trainable_parameters(model)
     if batches is None:
         batches = task_train_batches(params, tokenizer, task)
-    losses = finetune(model, batches, epochs=a.epochs, lr=a.lr, accelerator=accelerator, seed=seed,
-                      aux_loss_coef=aux, progress=progress, desc=f"{task} s{seed}")
+    held = task_validation(params, tokenizer, task)
+    losses = finetune(model, batches, epochs=task_epochs(params, task), lr=a.lr, accelerator=accelerator, seed=seed,
+                      aux_loss_coef=aux, warmup_ratio=a.warmup_ratio, progress=progress, desc=f"{task} s{seed}", validation=held)
     t1 = time.time()
     acc, items = None, None
     if accelerator is None or accelerator.is_main_process:
@@ -185,7 +261,10 @@ def run_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None
             "counts": None if counts is None else [int(c) for c in counts],
             "ranks": None if ranks is None else [int(r) for r in ranks],
             "loss_first": losses[0], "loss_last": float(sum(tail) / len(tail)), "steps": len(losses),
-            "loss_plateau": loss_plateau(losses), "losses": [round(float(x), 5) for x in losses],
+            "losses": [round(float(x), 5) for x in losses],
+            "val_steps": [] if held is None else held.steps,
+            "val_losses": [] if held is None else [round(float(x), 5) for x in held.losses],
+            "val_late_decrease": float("nan") if held is None else held_out_plateau(held.losses),
             "trainable_params": int(n_train), "total_params": int(n_total),
             "train_seconds": round(t1 - t0, 3), "eval_seconds": round(time.time() - t1, 3)}
 
@@ -195,8 +274,9 @@ def cell_spec(params, task: str, seed: int, counts=None, ranks=None) -> dict:
     settings): the cell's spec in the "finetune" cache, so equal allocations share one run."""
     a = asdict(params.allocation)
     for k in ("methods", "rank_methods", "seeds", "tasks", "rank_experiment", "total_experts", "alpha", "beta",
-              "gamma", "budget_scaling", "n_min", "alphalora_exponent"):
+              "gamma", "budget_scaling", "n_min", "alphalora_exponent", "task_epochs"):
         a.pop(k)                                         # they change the counts, not the run given counts
+    a["epochs"] = task_epochs(params, task)              # this task's own (other tasks' epochs do not count)
     # data_key, not just the params: it also follows the task generators' version, so cells
     # trained on data that a generator change replaced are not reused
     return {"model": asdict(params.model), "model_path": resolve_path(params, progress=False),

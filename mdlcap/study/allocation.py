@@ -26,6 +26,10 @@ from mdlcap.study.cells import Job, run_cells
 from mdlcap.study.paper import PAPER_TABLE4, PAPER_TABLE5, PAPER_TASKS
 from mdlcap.study.stats import per_seed_average
 
+# the per-cell lists of a fine-tuning record (counts, items, curves): kept in the results frame for
+# the evidence tables, left out of the CSV tables
+LIST_COLUMNS = ["counts", "ranks", "items", "losses", "val_steps", "val_losses"]
+
 # Table 4's score pools: (LayerIF's heuristic, Algorithm 1) on the same influence scores
 POOLS = {"All": ("layerif_all", "mdl_layerif_all"), "+ve": ("layerif_pos", "mdl_layerif_pos")}
 BUDGET_CHECK_SCORES = ("layerif_all", "layerif_pos", "cg_ggn")

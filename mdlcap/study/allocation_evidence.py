@@ -1,10 +1,11 @@
 """Notebook 03's evidence: did every cell learn, and what the paired intervals say about the methods.
 
     learning = learning_table(results, tasks_csv, sanity_csv)   per (task, method): above chance,
-                                                                 below the ceiling, plateaued, vs full fine-tune
+                                                                 below the ceiling, held-out loss plateaued,
+                                                                 vs full fine-tune
     problems = design_problems(learning, results, min_seeds)    what the design fails (empty: none)
     iv = intervals(results, tasks, paper_order)                 MDL − baseline, per task and averaged (points)
-    curves = loss_curves(results)                               mean training loss per step (the figure)
+    curves = loss_curves(results)                               mean training and held-out loss (the figure)
 
 The comparisons are `paper.ALLOCATION_COMPARISONS`; each is paired by seed (same adapter
 initialisation and batch order for both methods) and by test item (same questions), and its 95 %
@@ -23,6 +24,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from mdlcap.interventions.finetune import held_out_plateau
 from mdlcap.study.paper import (ALLOCATION_COMPARISONS, ALLOCATION_METRIC, AVERAGE_TASK, PAPER_TABLE4, PAPER_TASKS,
                                 THRESHOLDS)
 from mdlcap.study.stats import interval_frame, interval_row, paired_interval
@@ -33,29 +35,16 @@ Z_CHANCE = THRESHOLDS["above_chance_z"]
 
 
 # ----------------------------------------------------------------------------- did the cells learn?
-def late_decrease(losses, fraction: float = 0.25) -> float:
-    """Share of the run's whole loss decrease made in its last `fraction` of the steps:
-    (mean of the previous window − mean of the last) / (mean of the first window − mean of the
-    last), windows of `fraction` of the steps. ≈ 0 on a plateau; unlike the relative change of
-    the loss itself it stays small when the loss creeps towards 0 (a memorised training split).
-    NaN with fewer than 2 steps per window or no decrease at all."""
-    x = np.asarray(losses, dtype=float)
-    w = int(fraction * len(x))
-    if w < 2:
-        return float("nan")
-    first, prev, last = x[:w].mean(), x[-2 * w:-w].mean(), x[-w:].mean()
-    total = first - last
-    return float((prev - last) / total) if total > 0 else float("nan")
-
-
 def learning_table(results: pd.DataFrame, tasks_csv: pd.DataFrame, sanity_csv: pd.DataFrame | None = None
                    ) -> pd.DataFrame:
     """Per (task, method): mean and lowest accuracy over seeds, chance (notebook 00's tasks.csv),
     the z-score of the lowest seed against chance, whether every seed is above chance (z >
     THRESHOLDS["above_chance_z"]) and below the ceiling (accuracy < THRESHOLDS["allocation_ceiling"]),
-    the largest `late_decrease` over seeds (the share of the whole loss decrease made in the last
-    quarter of training) and whether every seed plateaued (<= THRESHOLDS["allocation_plateau"]), and
-    the mean as a fraction of notebook 00's full fine-tune of the same task (when given)."""
+    the largest `held_out_plateau` over seeds (the share of the held-out loss's decrease after its
+    first evaluation made in the last quarter of training; < 0 once it turns up) and whether every seed plateaued
+    (<= THRESHOLDS["allocation_plateau"]), the held-out loss at its start, minimum and end (means over
+    seeds), and the mean accuracy as a fraction of notebook 00's full fine-tune of the same task
+    (when given)."""
     chance = tasks_csv.set_index("task")["chance"]
     full = sanity_csv.set_index("task")["finetuned_acc"] if sanity_csv is not None else pd.Series(dtype=float)
     rows = []
@@ -64,12 +53,15 @@ def learning_table(results: pd.DataFrame, tasks_csv: pd.DataFrame, sanity_csv: p
         c = float(chance[task])
         lo = float(g["accuracy"].min())
         z = (lo - c) / math.sqrt(c * (1 - c) / n.min())
-        plateau = float(max(late_decrease(x) for x in g["losses"]))
+        plateau = float(max(held_out_plateau(x) for x in g["val_losses"]))
+        val = np.stack([np.asarray(x, dtype=float) for x in g["val_losses"]])
         rows.append({"task": task, "method": method, "n_seeds": len(g), "n_items": int(n.min()),
                      "accuracy_mean": float(g["accuracy"].mean()), "accuracy_min": lo,
                      "accuracy_max": float(g["accuracy"].max()), "chance": c, "z_min_vs_chance": z,
                      "above_chance": bool(z > Z_CHANCE), "below_ceiling": bool(g["accuracy"].max() < CEILING),
-                     "steps": int(g["steps"].max()), "late_decrease_max": plateau, "plateaued": bool(plateau <= PLATEAU),
+                     "steps": int(g["steps"].max()), "val_loss_start": float(val[:, 0].mean()),
+                     "val_loss_min": float(val.min(axis=1).mean()), "val_loss_end": float(val[:, -1].mean()),
+                     "late_decrease_max": plateau, "plateaued": bool(plateau <= PLATEAU),
                      "full_finetune_acc": float(full.get(task, float("nan"))),
                      "fraction_of_full_finetune": float(g["accuracy"].mean() / full[task]) if task in full else float("nan")})
     return pd.DataFrame(rows)
@@ -78,7 +70,7 @@ def learning_table(results: pd.DataFrame, tasks_csv: pd.DataFrame, sanity_csv: p
 def design_problems(learning: pd.DataFrame, results: pd.DataFrame, min_seeds: int) -> list[str]:
     """The ways this run's design falls short of one that can rank methods (empty list: none):
     fewer than `min_seeds` seeds shared by every method, a cell at chance or at the ceiling, a cell
-    whose loss had not plateaued."""
+    whose held-out loss had not plateaued."""
     out = []
     seeds = results.groupby(["task", "method"])["seed"].apply(frozenset)
     if seeds.nunique() != 1:
@@ -94,13 +86,18 @@ def design_problems(learning: pd.DataFrame, results: pd.DataFrame, min_seeds: in
 
 
 def loss_curves(results: pd.DataFrame, smooth: int = 5) -> pd.DataFrame:
-    """task, method, step, loss: the training loss per step averaged over seeds, then a centred
-    rolling mean over `smooth` steps (batch-to-batch noise hides the plateau otherwise)."""
+    """task, method, split, step, loss: the training loss per step averaged over seeds, then a
+    centred rolling mean over `smooth` steps (batch-to-batch noise hides the trend otherwise), and
+    the held-out loss at its evaluation steps averaged over seeds (split "validation")."""
     rows = []
     for (task, method), g in results.groupby(["task", "method"], sort=False):
         L = np.mean(np.stack([np.asarray(x, dtype=float) for x in g["losses"]]), axis=0)
         L = pd.Series(L).rolling(smooth, center=True, min_periods=1).mean().to_numpy()
-        rows += [{"task": task, "method": method, "step": i + 1, "loss": float(v)} for i, v in enumerate(L)]
+        rows += [{"task": task, "method": method, "split": "train", "step": i + 1, "loss": float(v)}
+                 for i, v in enumerate(L)]
+        V = np.mean(np.stack([np.asarray(x, dtype=float) for x in g["val_losses"]]), axis=0)
+        rows += [{"task": task, "method": method, "split": "validation", "step": int(t), "loss": float(v)}
+                 for t, v in zip(g["val_steps"].iloc[0], V)]
     return pd.DataFrame(rows)
 
 

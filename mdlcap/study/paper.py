@@ -88,7 +88,7 @@ THRESHOLDS = {
     "lemma1_rel_error": 1e-8,        # Lemma 1: ζ²/2 vs the exact one-layer Newton decrease
     "solver_seconds_largest_K": 5.0,  # bisection at the largest K of notebook 01 (K = 1e6) must take less
     "allocation_ceiling": 0.95,      # notebook 03: a cell at or above this accuracy cannot rank methods
-    "allocation_plateau": 0.05,      # notebook 03: share of a cell's loss decrease made in its last quarter <= this
+    "allocation_plateau": 0.05,      # notebook 03: share of a cell's held-out loss decrease made in its last quarter <= this
     "allocation_min_seeds": 5,       # notebook 03: seeds shared by every method of the powered comparison
     "pruning_parity_points": 1.0,    # Tables 1-2 "match": |MDL - LayerIF| at most this many points
     "zeroshot_mean_se_points": 1.0,  # notebook 04: binomial s.e. of the seven-task zero-shot mean at most this

@@ -137,7 +137,10 @@ class AllocationParams:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     tasks: list[str] | None = None       # subset of data.finetune_tasks to fine-tune on (None: all)
     epochs: int = 1
+    task_epochs: dict[str, int] = field(default_factory=dict)   # per-task override of `epochs` (tasks learn at
+    #                                    different speeds: each is trained to its own held-out plateau)
     lr: float = 2e-4
+    warmup_ratio: float = 0.0            # linear warm-up over this share of the steps, then linear decay
     lora_r: int = 8
     lora_alpha: int = 16
     top_k: int = 2                       # router top-k where a layer has > 1 expert (MoLA)
@@ -148,6 +151,8 @@ class AllocationParams:
     max_len: int = 128                   # tokens per example (query + answer)
     max_train: int | None = None         # cap on training examples per task
     eval_limit: int | None = None        # lm-eval `limit` on each task's test split
+    validation_items: int = 64           # held-out loss along training on the first items of the validation split
+    validation_every: int = 16           # ... every this many steps (and before the first); 0: not tracked
     rank_experiment: bool = True         # also LoRA ranks per layer (Algorithm 1, capacity = rank)
     rank_methods: list[str] = field(default_factory=lambda: ["uniform", "mdl_cg_ggn", "mdl_layerif_pos"])
 
@@ -411,6 +416,12 @@ def _check_values(p: Params, src: str) -> None:
     need(p.allocation.top_k >= 1, "allocation.top_k", "must be >= 1")
     need(p.allocation.lora_r >= 1, "allocation.lora_r", "must be >= 1")
     need(p.allocation.epochs >= 1, "allocation.epochs", "must be >= 1")
+    need(all(e >= 1 for e in p.allocation.task_epochs.values()), "allocation.task_epochs", "every value must be >= 1")
+    need(set(p.allocation.task_epochs) <= set(p.data.finetune_tasks), "allocation.task_epochs",
+         "keys must be tasks of data.finetune_tasks")
+    need(0 <= p.allocation.warmup_ratio < 1, "allocation.warmup_ratio", "must be in [0, 1)")
+    need(p.allocation.validation_items >= 1, "allocation.validation_items", "must be >= 1")
+    need(p.allocation.validation_every >= 0, "allocation.validation_every", "must be >= 0 (0: not tracked)")
     need(len(p.allocation.seeds) >= 1, "allocation.seeds", "must list at least one seed")
     need(p.allocation.budget_scaling > 0, "allocation.budget_scaling", "must be > 0")
     need(len(p.allocation.target_modules) >= 1, "allocation.target_modules", "must name at least one projection")
