@@ -23,7 +23,8 @@ import pandas as pd
 from mdlcap.interventions import allocation as ab
 from mdlcap.interventions import finetune as ft
 from mdlcap.study.cells import Job, run_cells
-from mdlcap.study.paper import PAPER_TABLE4, PAPER_TABLE5, PAPER_TASKS
+from mdlcap.study.allocation_evidence import paper_task_index
+from mdlcap.study.paper import AVERAGE_TASK, PAPER_TABLE4, PAPER_TABLE5, PAPER_TASKS
 from mdlcap.study.stats import per_seed_average
 
 # the per-cell lists of a fine-tuning record (counts, items, curves): kept in the results frame for
@@ -175,10 +176,9 @@ def paper_comparison(results, tasks, paper_order=None):
     <-> CoLA, MRPC, CommonsenseQA, OpenBookQA, ScienceQA)."""
     s = summary(results, tasks)
     d = paired_differences(results)
-    names = list(tasks) + ["Average"]
-    order = list(paper_order) if paper_order is not None else list(tasks)
-    paper_idx = {t: (order.index(t) if t in order and order.index(t) < len(PAPER_TASKS) else None) for t in tasks}
-    paper_idx["Average"] = len(PAPER_TASKS)
+    names = list(tasks) + [AVERAGE_TASK]
+    order = paper_order if paper_order is not None else tasks
+    paper_idx = {t: paper_task_index(t, order) for t in names}
     rows = []
     for pool, (lif, mdl_m) in POOLS.items():
         a, b = s[s["method"] == lif].set_index("task"), s[s["method"] == mdl_m].set_index("task")

@@ -119,21 +119,25 @@ def paired_points(results: pd.DataFrame, task: str, base: str, other: str, seeds
     return 100.0 * (b - a)
 
 
+def paper_task_index(task: str, order) -> int | None:
+    """Position of our `task` in the paper's Tables 4-5 columns (PAPER_TASKS, then the Average):
+    tasks are matched by their position in `order` (the params' data.finetune_tasks: cola, mrpc,
+    csqa, obqa, sciq <-> CoLA, MRPC, CommonsenseQA, OpenBookQA, ScienceQA); None when unmatched."""
+    if task == AVERAGE_TASK:
+        return len(PAPER_TASKS)
+    order = list(order)
+    return order.index(task) if task in order and order.index(task) < len(PAPER_TASKS) else None
+
+
 def paper_claim(comparison: str, task: str, tasks, paper_order=None) -> float | None:
     """The paper's difference (Table 4, Mistral-7B) for `comparison` on our `task` matched by
-    position in `paper_order` (default `tasks`) to PAPER_TASKS, or on the Average; None where the
-    paper makes no such claim (MDL − uniform, an unmatched task)."""
+    `paper_task_index` in `paper_order` (default `tasks`), or on the Average; None where the paper
+    makes no such claim (MDL − uniform, an unmatched task)."""
     pool = {"MDL - LayerIF (All)": "All", "MDL - LayerIF (+ve)": "+ve"}.get(comparison)
-    if pool is None:
+    i = paper_task_index(task, paper_order if paper_order is not None else tasks)
+    if pool is None or i is None:
         return None
-    lif, mdl = PAPER_TABLE4[(pool, "LayerIF")], PAPER_TABLE4[(pool, "MDL")]
-    if task == AVERAGE_TASK:
-        return round(mdl[-1] - lif[-1], 2)
-    order = list(paper_order) if paper_order is not None else list(tasks)
-    if task not in order or order.index(task) >= len(PAPER_TASKS):
-        return None
-    i = order.index(task)
-    return round(mdl[i] - lif[i], 2)
+    return round(PAPER_TABLE4[(pool, "MDL")][i] - PAPER_TABLE4[(pool, "LayerIF")][i], 2)
 
 
 def intervals(results: pd.DataFrame, tasks, paper_order=None, *, confidence: float = 0.95,
