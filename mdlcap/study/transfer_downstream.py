@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from mdlcap import models
 from mdlcap.interventions import allocation as ab
 from mdlcap.interventions import finetune as ft
+from mdlcap.study.cells import Job, run_cells
 from mdlcap.study.stats import paired_interval
 
 
@@ -41,30 +41,30 @@ def downstream(params, scores, pairs, *, method: str = "mdl_cg_ggn", device: str
     ("native") and with the source's ("transferred"), per seed of params.allocation.
 
     Allocations come from `mdlcap.interventions.allocation.allocate(method, ...)` (Algorithm 1 on
-    the task's scores), fine-tuning and lm-eval accuracy from `finetune.cached_cell` (notebook
-    03's cell: same settings, one cache entry per cell, so equal counts share one run and a cell
-    notebook 03 already trained is read back, `cached` True)."""
+    the task's scores); the cells are notebook 03's (`mdlcap.study.cells.run_cells`: same settings,
+    one cache entry per cell, over `run.workers` processes on CPU), so equal counts share one run
+    and a cell notebook 03 already trained is read back (`cached` True)."""
     A = params.allocation
     acc = ft.make_accelerator(device)
     base, tok = models.load(params, device=str(acc.device), progress=False)
     L = len(models.decoder_layers(base))
-    rows = []
-    cells = [(s, t, seed) for s, t in pairs for seed in A.seeds]
-    batches = {}
-    for s, t, seed in tqdm(cells, desc="downstream cells"):
+    cells = []
+    for s, t in pairs:
         native = ab.allocate(method, n_layers=L, total=A.total_experts, params=A, scores=scores, task=t)
         moved = ab.allocate(method, n_layers=L, total=A.total_experts, params=A, scores=scores, task=s)
         if native is None or moved is None:
             raise ValueError(f"method: {method!r} has no scores for {s!r} or {t!r} in scores.csv")
-        if t not in batches:
-            batches[t] = ft.task_train_batches(params, tok, t)
-        for kind, counts in (("native", native), ("transferred", moved)):
-            rec = ft.cached_cell(base, tok, params, t, seed=seed, counts=[int(c) for c in counts],
-                                 accelerator=acc, batches=batches[t])
-            rows.append({"source": s, "target": t, "seed": int(seed), "kind": kind,
-                         "accuracy": rec["accuracy"], "items": rec["items"], "counts": " ".join(map(str, counts)),
-                         "same_counts": bool(np.array_equal(native, moved)), "cached": rec.get("cached", False)})
-    return pd.DataFrame(rows)
+        same = bool(np.array_equal(native, moved))
+        for seed in A.seeds:
+            for kind, counts in (("native", native), ("transferred", moved)):
+                cells.append(({"source": s, "target": t, "seed": int(seed), "kind": kind,
+                               "counts": " ".join(map(str, counts)), "same_counts": same},
+                              Job(t, int(seed), counts=tuple(int(c) for c in counts))))
+    workers = params.run.workers if acc.device.type == "cpu" else 1
+    recs = run_cells(params, [j for _, j in cells], workers=workers, base=base, tok=tok, accelerator=acc,
+                     desc="downstream cells")
+    return pd.DataFrame([{**row, "accuracy": recs[j.key(params)]["accuracy"], "items": recs[j.key(params)]["items"],
+                          "cached": recs[j.key(params)].get("cached", False)} for row, j in cells])
 
 
 def downstream_summary(down: pd.DataFrame, real: pd.DataFrame, score_method: str) -> pd.DataFrame:
