@@ -24,7 +24,7 @@ from mdlcap import cache
 from mdlcap.default.data import data_key
 from mdlcap.interventions.moe import moe_aux_loss
 from mdlcap.models import resolve_path
-from mdlcap.scores.autograd import progress_off
+from mdlcap.scores.autograd import mean_loss, progress_off
 
 PLATEAU_FRACTION = 0.25      # `late_decrease` compares the last quarter of a loss curve with the rest
 
@@ -49,9 +49,9 @@ def _single(items: list[dict]) -> dict:
 class ValidationLoss:
     """The held-out loss along training: `finetune(..., validation=v)` calls `v(step, model)` before
     the first step and after every `every`-th, and `v` records the mean answer-only loss of
-    `batches` at that step (eval mode, no gradient; the training RNG and batch order are not
-    touched). Under DDP every process evaluates all `batches` on its own replica, so each holds the
-    same curve.
+    `batches` at that step (`scores.autograd.mean_loss`: eval mode, no gradient; the training RNG
+    and batch order are not touched). Under DDP every process evaluates all `batches` on its own
+    replica and the mean is all-reduced, so each holds the same curve.
 
     Why held-out and not the training loss: a generated training split of 512 examples is
     memorised long before the held-out loss stops improving, so the training loss keeps falling
@@ -69,15 +69,9 @@ class ValidationLoss:
     def due(self, step: int, last: int) -> bool:
         return step == 0 or step % self.every == 0 or step == last
 
-    @torch.no_grad()
     def __call__(self, step: int, model: torch.nn.Module) -> None:
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        total = sum(model(**{k: v.to(device) for k, v in b.items()}).loss.float().item() for b in self.batches)
         self.steps.append(int(step))
-        self.losses.append(total / len(self.batches))
-        model.train(was_training)
+        self.losses.append(mean_loss(model, self.batches))
 
 
 def make_accelerator(device: str = "cpu", mixed_precision: str = "no"):
