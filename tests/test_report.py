@@ -160,3 +160,17 @@ def test_committed_run_report_is_short_and_links_every_file():
     if not (run / "manifest.json").exists():
         pytest.skip("no committed results/tiny")
     _assert_short_and_linked(run, report.render(run))                               # render: writes nothing
+
+
+def test_verdict_agreement_flags_a_flipped_verdict(tmp_path, capsys):
+    _summary01(tmp_path / "a" / "01_derivations", degenerate=True)
+    _summary01(tmp_path / "b" / "01_derivations", degenerate=False)
+    t = report.verdict_agreement(tmp_path / "a", tmp_path / "b")
+    assert len(t) == len(claims.CLAIMS)
+    flipped = t[~t.agree]
+    assert list(flipped.claim.str[:18]) == ["MDL pruning ratios"]
+    assert (flipped.verdict_a.iloc[0], flipped.verdict_b.iloc[0]) == ("not reproduced", "reproduced")
+    out = tmp_path / "agree.csv"
+    assert report.main([str(tmp_path / "a"), "--against", str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert pd.read_csv(out).agree.sum() == len(t) - 1
+    assert f"{len(t) - 1} of {len(t)} verdicts agree" in capsys.readouterr().out

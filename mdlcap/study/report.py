@@ -10,6 +10,7 @@ last an index linking every CSV, JSON and figure of the run (relative links, not
 Executed notebooks are rendered to HTML beside it with nbconvert.
 
     python -m mdlcap.study.report results/tiny [--no-html] [--readme README.md]
+    python -m mdlcap.study.report results/tiny --against other/results/tiny [--out agreement.csv]
 """
 from __future__ import annotations
 
@@ -217,6 +218,20 @@ def render(run_root: Path) -> str:
     return text
 
 
+def verdict_agreement(run_a: str | Path, run_b: str | Path) -> pd.DataFrame:
+    """The claims tables of two runs side by side: one row per claim with each run's `ours`,
+    interval and verdict and whether the verdicts agree (`agree`). Issue 15's robustness check
+    reads it for two runs that differ only in a setting that should not matter (the torch threads
+    of pretraining): a verdict that flips under such a change was never evidence."""
+    a, b = claims_table(Path(run_a)), claims_table(Path(run_b))
+    if list(a.claim) != list(b.claim):
+        raise ValueError("run_b: its claims differ from run_a's (runs of different code versions)")
+    out = pd.DataFrame({"claim": a.claim, "verdict_a": a.verdict, "verdict_b": b.verdict,
+                        "agree": a.verdict == b.verdict, "ours_a": a.ours, "ours_b": b.ours,
+                        "interval_a": a.interval, "interval_b": b.interval})
+    return out
+
+
 def build(run_root: str | Path, html: bool = True) -> Path:
     run_root = Path(run_root)
     if not run_root.is_dir():
@@ -249,7 +264,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_root", help="results/<run> folder")
     ap.add_argument("--no-html", action="store_true", help="skip the nbconvert HTML rendering")
     ap.add_argument("--readme", help="also rewrite this README's claims section")
+    ap.add_argument("--against", metavar="RUN_ROOT_B",
+                    help="only compare the claims' verdicts with another run's (verdict_agreement), no report")
+    ap.add_argument("--out", help="with --against: write the comparison to this CSV")
     a = ap.parse_args(argv)
+    if a.against:
+        t = verdict_agreement(a.run_root, a.against)
+        if a.out:
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            mio.atomic_write_text(Path(a.out), t.to_csv(index=False))
+        print(t[["claim", "verdict_a", "verdict_b", "agree"]].to_string(index=False))
+        print(f"{int(t.agree.sum())} of {len(t)} verdicts agree")
+        return 0
     print(build(a.run_root, html=not a.no_html))
     if a.readme:
         update_readme(Path(a.run_root), Path(a.readme))
