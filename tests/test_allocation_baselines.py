@@ -53,6 +53,11 @@ def test_every_heuristic_spends_the_budget_exactly(L, extra, scores, exponent):
         assert counts.dtype.kind == "i" and counts.sum() == total and counts.min() >= 1, counts
 
 
+def test_layerif_with_underflowing_score_gaps_spreads_evenly():
+    s = np.array([0.0, 5e-324, 0.0])                  # v**2 underflows to 0 (hypothesis found it)
+    assert ab.layerif(s, 6, 2.0).tolist() == [2, 2, 2]
+
+
 def test_bad_input_raises_value_error_naming_the_argument():
     with pytest.raises(ValueError, match="total"):
         ab.layerif([1.0, 2.0, 3.0], 2)            # fewer experts than layers

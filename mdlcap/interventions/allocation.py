@@ -151,6 +151,8 @@ def layerif(scores, total: int, exponent: float = 3.0) -> np.ndarray:
     if np.all(v == 0):
         v = v + 1e-6
     w = v ** exponent
+    if not w.sum() > 0:              # score gaps so small that v**exponent underflows: no layer stands out
+        w = np.ones_like(w)
     f = w / w.sum() * (total - s.size)
     counts = np.floor(f).astype(int) + 1
     left = total - counts.sum()
