@@ -134,7 +134,8 @@ def layerif(scores, total: int, exponent: float = 3.0) -> np.ndarray:
 
       1. invert the layer influence sums: v_k = max_j s_j - s_k  (more negative influence = more
          beneficial training data through that layer = more experts; the top-scoring layer gets 0);
-         if all v_k are 0 they become 1e-6 (uniform);
+         if all v_k are 0 they become 1e-6 (uniform); here uniform weights too, and also when
+         every v_k^exponent underflows to 0 (tiny score gaps; the reference would divide 0 by 0);
       2. raise to a power: w_k = v_k^exponent  (`LAYERIF_EXPONENTS`: 2 for All, 3 for +ve);
       3. scale to the total minus one per layer: f_k = w_k / Σ w * (total - L);
       4. floor and add one per layer: n_k = floor(f_k) + 1;
@@ -147,11 +148,8 @@ def layerif(scores, total: int, exponent: float = 3.0) -> np.ndarray:
     if exponent <= 0:
         raise ValueError(f"exponent: must be > 0, got {exponent}")
     total = _check_total(total, s.size, n_min=1)
-    v = s.max() - s
-    if np.all(v == 0):
-        v = v + 1e-6
-    w = v ** exponent
-    if not w.sum() > 0:              # score gaps so small that v**exponent underflows: no layer stands out
+    w = (s.max() - s) ** exponent
+    if not w.sum() > 0:              # all v_k = 0 (the reference: 1e-6 each), or v**exponent underflows
         w = np.ones_like(w)
     f = w / w.sum() * (total - s.size)
     counts = np.floor(f).astype(int) + 1

@@ -226,10 +226,9 @@ def verdict_agreement(run_a: str | Path, run_b: str | Path) -> pd.DataFrame:
     a, b = claims_table(Path(run_a)), claims_table(Path(run_b))
     if list(a.claim) != list(b.claim):
         raise ValueError("run_b: its claims differ from run_a's (runs of different code versions)")
-    out = pd.DataFrame({"claim": a.claim, "verdict_a": a.verdict, "verdict_b": b.verdict,
-                        "agree": a.verdict == b.verdict, "ours_a": a.ours, "ours_b": b.ours,
-                        "interval_a": a.interval, "interval_b": b.interval})
-    return out
+    return pd.DataFrame({"claim": a.claim, "verdict_a": a.verdict, "verdict_b": b.verdict,
+                         "agree": a.verdict == b.verdict, "ours_a": a.ours, "ours_b": b.ours,
+                         "interval_a": a.interval, "interval_b": b.interval})
 
 
 def build(run_root: str | Path, html: bool = True) -> Path:
