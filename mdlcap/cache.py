@@ -38,8 +38,8 @@ CODE_VERSIONS = {
     "data": "7",      # the generated task splits and text splits; 7: csqa's suffix rule has exceptions
     "scores": "3",       # per-layer gains and influence scores (2: LayerIF on a LoRA, DataInf per tensor, no offset;
                          # 3: diag_fisher/kfac/ekfac = true Fisher of the mean loss over loss tokens)
-    "finetune": "3",     # one fine-tuning cell (task, allocation, seed); 2: per-item correctness and per-step losses;
-                         # 3: the held-out loss along training
+    "finetune": "4",     # one fine-tuning cell (task, allocation, seed); 2: per-item correctness and per-step losses;
+                         # 3: the held-out loss along training; 4: its plateau read by late_improvement
     "pruning": "2",      # one pruning configuration's evaluation; 2: per-window held-out losses, per-item zero-shot
     "precision": "3",    # CAQ: trained weights and per-(model, seed) study tables
 }

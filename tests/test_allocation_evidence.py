@@ -24,7 +24,7 @@ def _results(acc: dict[str, float], seeds=range(5), n_items=200, seed=0, plateau
                 rows.append({"task": t, "method": m, "seed": s, "accuracy": float(np.mean(items)),
                              "items": items, "losses": [2.0, 1.5, 1.2, 1.1, 1.0, 0.9, 0.8, 0.7],
                              "val_steps": [0, 1, 2, 3, 4, 5, 6, 7, 8],
-                             "val_losses": [2.0, 1.5, 1.2, 1.1, 1.0, 1.0 + plateau, 1.0 + plateau, 1.0, 1.0],
+                             "val_losses": [2.0, 1.5, 1.2, 1.1, 1.0, 1.0, 1.0, 1.0 - plateau, 1.0 - plateau],
                              "steps": 8})
     return pd.DataFrame(rows)
 
@@ -92,7 +92,10 @@ def test_a_held_out_loss_that_turns_up_counts_as_plateaued_and_one_still_falling
     assert ev.learning_table(res, tasks_csv).plateaued.all()
     res["val_losses"] = [[2.0 - 0.1 * i for i in range(9)]] * len(res)                   # still learning
     lt = ev.learning_table(res, tasks_csv)
-    assert not lt.plateaued.any() and (lt.late_decrease_max > 0.2).all()
+    assert not lt.plateaued.any() and (lt.late_improvement_max > 0.2).all()
+    res["val_losses"] = [[2.0, 1.5, 1.2]] * len(res)                                      # too short to judge
+    lt = ev.learning_table(res, tasks_csv)
+    assert not lt.plateaued.any() and lt.late_improvement_max.isna().all()
 
 
 def test_a_method_absent_on_one_task_is_compared_on_the_others():

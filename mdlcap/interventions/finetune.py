@@ -26,7 +26,7 @@ from mdlcap.interventions.moe import moe_aux_loss
 from mdlcap.models import resolve_path
 from mdlcap.scores.autograd import mean_loss, progress_off
 
-PLATEAU_FRACTION = 0.25      # `late_decrease` compares the last quarter of a loss curve with the rest
+PLATEAU_FRACTION = 0.25      # `late_improvement` asks what the last quarter of a loss curve added
 
 
 class _Batches(Dataset):
@@ -148,29 +148,30 @@ def finetune(model: torch.nn.Module, train_batches: Sequence[dict], *, epochs: i
     return losses
 
 
-def late_decrease(losses: Sequence[float], fraction: float = PLATEAU_FRACTION) -> float:
-    """Share of a loss curve's whole decrease made in its last `fraction` of the points:
-    (mean of the previous window − mean of the last) / (mean of the first window − mean of the
-    last), windows of `fraction` of the points. ≈ 0 on a plateau, < 0 once the curve turns up
-    again (a held-out loss after its minimum); unlike the relative change of the loss itself it
-    stays small when the loss creeps towards 0. NaN with fewer than 2 points per window or no
-    decrease at all (nothing was learned)."""
+def late_improvement(losses: Sequence[float], fraction: float = PLATEAU_FRACTION) -> float:
+    """The patience rule of early stopping, read once at the end of training: how much the last
+    `fraction` of the points improved on the best loss before them, as a share of the curve's
+    whole improvement, (min before the last window − min) / (first − min). 0 when the best loss
+    came before the last window (a plateau, or a held-out loss already turning up), 1 when all
+    of the improvement came in it. Unlike a comparison of window means it does not move with the
+    evaluation noise of a flat curve, and it stays small when the loss creeps towards 0. NaN with
+    fewer than 4 points, or no improvement at all (nothing was learned)."""
     import numpy as np
 
     x = np.asarray(losses, dtype=float)
-    w = int(fraction * len(x))
-    if w < 2:
+    if len(x) < 4:
         return float("nan")
-    first, prev, last = x[:w].mean(), x[-2 * w:-w].mean(), x[-w:].mean()
-    total = first - last
-    return float((prev - last) / total) if total > 0 else float("nan")
+    w = max(1, int(round(fraction * len(x))))
+    best, best_before = x.min(), x[:-w].min()
+    total = x[0] - best
+    return float((best_before - best) / total) if total > 0 else float("nan")
 
 
 def held_out_plateau(val_losses: Sequence[float]) -> float:
-    """`late_decrease` of a `ValidationLoss` curve from its first evaluation after step 0 on: the
-    untuned model's loss (step 0) is dominated by not yet answering in the task's answer words
+    """`late_improvement` of a `ValidationLoss` curve from its first evaluation after step 0 on:
+    the untuned model's loss (step 0) is dominated by not yet answering in the task's answer words
     (several nats), and measured against that first drop every later curve would look flat."""
-    return late_decrease(list(val_losses)[1:])
+    return late_improvement(list(val_losses)[1:])
 
 
 # --------------------------------------------------------------------------- one experiment cell
@@ -213,7 +214,8 @@ def run_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None
     Returns a JSON-able record: accuracy, the correctness of every test item in doc order
     (`items`, what paired intervals resample), the loss of every step (`losses`; first and mean of
     the last 10 %), the held-out loss along training (`val_steps`, `val_losses`; `task_validation`)
-    and its `late_decrease` (`val_late_decrease`: ≈ 0 or < 0 once training has plateaued),
+    and its `late_improvement` (`val_late_improvement`: the share of the improvement made in the
+    last quarter of the evaluations, 0 once training has plateaued),
     trainable parameters, wall seconds. The base model is never
     modified."""
     import copy
@@ -258,7 +260,7 @@ def run_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None
             "losses": [round(float(x), 5) for x in losses],
             "val_steps": [] if held is None else held.steps,
             "val_losses": [] if held is None else [round(float(x), 5) for x in held.losses],
-            "val_late_decrease": float("nan") if held is None else held_out_plateau(held.losses),
+            "val_late_improvement": float("nan") if held is None else held_out_plateau(held.losses),
             "trainable_params": int(n_train), "total_params": int(n_total),
             "train_seconds": round(t1 - t0, 3), "eval_seconds": round(time.time() - t1, 3)}
 

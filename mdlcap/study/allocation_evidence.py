@@ -40,8 +40,9 @@ def learning_table(results: pd.DataFrame, tasks_csv: pd.DataFrame, sanity_csv: p
     """Per (task, method): mean and lowest accuracy over seeds, chance (notebook 00's tasks.csv),
     the z-score of the lowest seed against chance, whether every seed is above chance (z >
     THRESHOLDS["above_chance_z"]) and below the ceiling (accuracy < THRESHOLDS["allocation_ceiling"]),
-    the largest `held_out_plateau` over seeds (the share of the held-out loss's decrease after its
-    first evaluation made in the last quarter of training; < 0 once it turns up) and whether every seed plateaued
+    the largest `held_out_plateau` over seeds (the share of the held-out loss's improvement after its
+    first evaluation made in the last quarter of its evaluations: 0 when its best came earlier; NaN,
+    and not plateaued, for a seed whose curve cannot be judged) and whether every seed plateaued
     (<= THRESHOLDS["allocation_plateau"]), the held-out loss at its start, minimum and end (means over
     seeds), and the mean accuracy as a fraction of notebook 00's full fine-tune of the same task
     (when given)."""
@@ -53,7 +54,8 @@ def learning_table(results: pd.DataFrame, tasks_csv: pd.DataFrame, sanity_csv: p
         c = float(chance[task])
         lo = float(g["accuracy"].min())
         z = (lo - c) / math.sqrt(c * (1 - c) / n.min())
-        plateau = float(max(held_out_plateau(x) for x in g["val_losses"]))
+        late = [held_out_plateau(x) for x in g["val_losses"]]
+        plateau = float("nan") if any(math.isnan(v) for v in late) else float(max(late))
         val = np.stack([np.asarray(x, dtype=float) for x in g["val_losses"]])
         rows.append({"task": task, "method": method, "n_seeds": len(g), "n_items": int(n.min()),
                      "accuracy_mean": float(g["accuracy"].mean()), "accuracy_min": lo,
@@ -61,7 +63,7 @@ def learning_table(results: pd.DataFrame, tasks_csv: pd.DataFrame, sanity_csv: p
                      "above_chance": bool(z > Z_CHANCE), "below_ceiling": bool(g["accuracy"].max() < CEILING),
                      "steps": int(g["steps"].max()), "val_loss_start": float(val[:, 0].mean()),
                      "val_loss_min": float(val.min(axis=1).mean()), "val_loss_end": float(val[:, -1].mean()),
-                     "late_decrease_max": plateau, "plateaued": bool(plateau <= PLATEAU),
+                     "late_improvement_max": plateau, "plateaued": bool(plateau <= PLATEAU),
                      "full_finetune_acc": float(full.get(task, float("nan"))),
                      "fraction_of_full_finetune": float(g["accuracy"].mean() / full[task]) if task in full else float("nan")})
     return pd.DataFrame(rows)
