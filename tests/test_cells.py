@@ -56,3 +56,30 @@ def test_two_workers_give_the_cells_one_worker_gives(smoke_prepared):
     for k in one:
         assert not one[k]["cached"] and not two[k]["cached"]
         assert one[k]["losses"] == two[k]["losses"] and one[k]["items"] == two[k]["items"]
+
+
+def test_a_pruned_job_has_its_own_key_prunes_a_copy_once_and_skips_pruning_when_cached(monkeypatch):
+    from mdlcap.interventions import finetune as ft
+    from mdlcap.study import cells, params
+
+    p = params.load("params/mistral-7b.yaml")
+    plain = cells.Job("cola", 0, counts=(1, 2))
+    pruned = cells.Job("cola", 0, counts=(1, 2), prune=("wanda", (0.5, 0.5)))
+    other = cells.Job("cola", 0, counts=(1, 2), prune=("wanda", (0.4, 0.6)))
+    assert plain.base_spec(p) is None and plain.key(p) == ft.cell_key(p, "cola", 0, counts=(1, 2))
+    assert len({plain.key(p), pruned.key(p), other.key(p)}) == 3            # what was done to the base counts
+    assert pruned.base_spec(p)["ratios"] == [0.5, 0.5] and pruned.base_spec(p)["pruner"] == "wanda"
+    made, seen = [], []
+    monkeypatch.setattr(ft, "task_train_batches", lambda prm, tok, task: [])
+    monkeypatch.setattr(cells, "pruned_base", lambda prm, base, tok, prune: made.append(prune) or ("pruned", prune))
+    monkeypatch.setattr(ft, "cell_cached", lambda *a, **kw: False)
+    monkeypatch.setattr(ft, "cached_cell", lambda b, t, prm, task, **kw: seen.append((b, kw["base_spec"])) or {"seed": kw["seed"]})
+    base = object()
+    jobs = [plain, pruned, cells.Job("cola", 1, counts=(1, 2), prune=("wanda", (0.5, 0.5))), other]
+    cells.run_cells(p, jobs, workers=1, base=base, tok=object(), desc=None)
+    assert made == [("wanda", (0.5, 0.5)), ("wanda", (0.4, 0.6))]            # one pruned copy per ratio vector
+    assert seen[0] == (base, None) and seen[1][0] == ("pruned", ("wanda", (0.5, 0.5))) and seen[2][0] is seen[1][0]
+    made.clear()
+    monkeypatch.setattr(ft, "cell_cached", lambda *a, **kw: True)
+    cells.run_cells(p, jobs[1:2], workers=1, base=base, tok=object(), desc=None)
+    assert made == []                                                          # a cached cell is not pruned

@@ -7,24 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
+from mdlcap.theory.instances import random_joint_instance
 from mdlcap.theory.joint import joint, joint_integer, joint_objective
 from mdlcap.theory.pruning import prune
-
-
-def instance(rng, K=None):
-    """Random instance over the regimes: some n_k = 0, some ρ at 0 or ρ_max, b = 0, q_k = 0."""
-    K = int(rng.choice([2, 3, 5, 17, 64, 200], p=[.2, .15, .2, .2, .17, .08])) if K is None else K
-    q = rng.dirichlet(np.full(K, float(rng.choice([0.3, 1.0, 5.0]))))
-    if K > 3 and rng.random() < 0.15:
-        q[rng.integers(K)] = 0.0                           # no gain: n_k = 0, ρ_k = ρ_max
-    c = np.full(K, rng.uniform(0.05, 1.0)) if rng.random() < 0.3 else rng.uniform(0.01, 1.0, K)
-    N = rng.uniform(1.0, 4.0, K)
-    kw = dict(beta=float(rng.choice([0.5, 1.0, 3.0])), lam=float(rng.choice([0.01, 2.0, 100.0])),
-              gamma=float(rng.choice([0.5, 1.0, 2.0])), bits=float(rng.choice([0.0, 0.1, 1.0, 16.0])),
-              rho_max=float(rng.choice([0.3, 0.6, 1.0])))
-    floor = kw["bits"] * N.sum() * (1 - kw["rho_max"])
-    B = floor + float(rng.choice([0.01, 0.3, 3.0, 30.0])) * c.sum()
-    return q, c, N, B, kw
 
 
 def kkt_ok(q, c, N, B, kw, n, rho, mu, tol=1e-9):
@@ -48,7 +33,7 @@ SEEDS = range(1000, 1110)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_joint_matches_cvxpy_and_kkt(seed):
     R = pytest.importorskip("mdlcap.theory.reference")
-    q, c, N, B, kw = instance(np.random.default_rng(seed))
+    q, c, N, B, kw = random_joint_instance(np.random.default_rng(seed))
     res = joint(q, c, N, B, **kw)
     assert res.kkt_residual <= 1e-9
     kkt_ok(q, c, N, B, kw, res.n, res.rho, res.mu)
@@ -71,7 +56,7 @@ def test_joint_matches_cvxpy_and_kkt(seed):
 def test_regimes_are_covered():
     seen = set()
     for seed in SEEDS:
-        q, c, N, B, kw = instance(np.random.default_rng(seed))
+        q, c, N, B, kw = random_joint_instance(np.random.default_rng(seed))
         r = joint(q, c, N, B, **kw)
         seen |= {"n=0"} if (r.n == 0).any() else set()
         seen |= {"rho=0"} if (r.rho == 0).any() else set()

@@ -265,9 +265,12 @@ def run_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None
             "train_seconds": round(t1 - t0, 3), "eval_seconds": round(time.time() - t1, 3)}
 
 
-def cell_spec(params, task: str, seed: int, counts=None, ranks=None) -> dict:
+def cell_spec(params, task: str, seed: int, counts=None, ranks=None, base_spec: dict | None = None) -> dict:
     """What changes one cell's result (model, data, adapter shape, training and evaluation
-    settings): the cell's spec in the "finetune" cache, so equal allocations share one run."""
+    settings): the cell's spec in the "finetune" cache, so equal allocations share one run.
+    `base_spec`: what was done to the loaded base model before fine-tuning (e.g. notebook 07's
+    pruning: pruner, ratios, calibration), None for the base model as loaded (the key is then
+    the same as before the argument existed)."""
     a = asdict(params.allocation)
     for k in ("methods", "rank_methods", "seeds", "tasks", "rank_experiment", "total_experts", "alpha", "beta",
               "gamma", "budget_scaling", "n_min", "alphalora_exponent", "task_epochs"):
@@ -278,24 +281,31 @@ def cell_spec(params, task: str, seed: int, counts=None, ranks=None) -> dict:
     return {"model": asdict(params.model), "model_path": resolve_path(params, progress=False),
             "data": asdict(params.data), "data_key": data_key(params), "alloc": a, "task": task,
             "seed": int(seed), "counts": None if counts is None else [int(c) for c in counts],
-            "ranks": None if ranks is None else [int(r) for r in ranks]}
+            "ranks": None if ranks is None else [int(r) for r in ranks],
+            **({} if base_spec is None else {"base": dict(base_spec)})}
 
 
-def cell_key(params, task: str, seed: int, counts=None, ranks=None) -> str:
+def cell_key(params, task: str, seed: int, counts=None, ranks=None, base_spec: dict | None = None) -> str:
     """The cache key of one cell (`cell_spec` under the "finetune" namespace's code version)."""
-    return cache.key("finetune", cell_spec(params, task, seed, counts, ranks))
+    return cache.key("finetune", cell_spec(params, task, seed, counts, ranks, base_spec))
+
+
+def cell_cached(params, task: str, seed: int, counts=None, ranks=None, base_spec: dict | None = None) -> bool:
+    """Whether the cell's cache entry exists (its record can be read back without training)."""
+    return cache.path("finetune", cell_spec(params, task, seed, counts, ranks, base_spec), prefix=f"{task}_").exists()
 
 
 def cached_cell(base_model, tokenizer, params, task: str, *, seed: int, counts=None, ranks=None, accelerator=None,
-                batches=None) -> dict:
+                batches=None, base_spec: dict | None = None) -> dict:
     """`run_cell(base_model, tokenizer, params, task, ...)` through the one cache
     (`cache.cached("finetune", cell_spec(...))`): an interrupted notebook resumes, notebooks 03
     and 05 share cells, and a cell already computed by a multi-GPU launch
     (`python -m mdlcap.study.launch`) is reused. Adds "cached" (whether the record was read back).
 
     Under a multi-process launch every process trains, only the main process (which alone
-    evaluates) writes the entry, and all wait for it before the next cell."""
-    spec = cell_spec(params, task, seed, counts, ranks)
+    evaluates) writes the entry, and all wait for it before the next cell. `base_spec` says what
+    was done to `base_model` (`cell_spec`)."""
+    spec = cell_spec(params, task, seed, counts, ranks, base_spec)
     fresh: list[bool] = []
 
     def compute() -> dict:

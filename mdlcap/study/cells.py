@@ -2,6 +2,7 @@
 list of cells, spread over `run.workers` processes on one machine.
 
     records = run_cells(params, jobs, workers=2)      # jobs: [Job(task, seed, counts=... | ranks=...)]
+    Job(task, seed, counts=..., prune=("wanda", ratios))   # fine-tune a pruned copy of the base (notebook 07)
 
 Each cell is `mdlcap.interventions.finetune.cached_cell`: one entry of the one cache, computed in
 isolation from its own seed (adapter init, batch order) on one torch thread, so its result does
@@ -25,14 +26,42 @@ from mdlcap.interventions import finetune as ft
 
 @dataclass(frozen=True)
 class Job:
-    """One cell: fine-tune `task` from `seed` with LoRA-MoE `counts` (or peft LoRA `ranks`) per layer."""
+    """One cell: fine-tune `task` from `seed` with LoRA-MoE `counts` (or peft LoRA `ranks`) per
+    layer, on the base model or, with `prune` = (pruner, per-layer ratios), on a copy of it pruned
+    with the params' calibration batches and SparseGPT settings (`pruned_base`)."""
     task: str
     seed: int
     counts: tuple[int, ...] | None = None
     ranks: tuple[int, ...] | None = None
+    prune: tuple[str, tuple[float, ...]] | None = None
+
+    def base_spec(self, params) -> dict | None:
+        """What is done to the base before fine-tuning, as the cell's cache key sees it."""
+        if self.prune is None:
+            return None
+        pp = params.pruning
+        return {"pruner": self.prune[0], "ratios": [round(float(r), 9) for r in self.prune[1]],
+                "calibration_sequences": pp.calibration_sequences, "blocksize": pp.sparsegpt_blocksize,
+                "damp": pp.sparsegpt_damp}
 
     def key(self, params) -> str:
-        return ft.cell_key(params, self.task, self.seed, counts=self.counts, ranks=self.ranks)
+        return ft.cell_key(params, self.task, self.seed, counts=self.counts, ranks=self.ranks,
+                           base_spec=self.base_spec(params))
+
+
+def pruned_base(params, base, tok, prune: tuple[str, tuple[float, ...]]):
+    """A copy of `base` pruned by (pruner, ratios) with notebook 04's calibration batches
+    (`mdlcap.study.pruning.calibration_batches`) and the params' SparseGPT block size and damping."""
+    import copy
+
+    from mdlcap.interventions.pruning import prune_model
+    from mdlcap.study.pruning import calibration_batches
+
+    pp = params.pruning
+    model = copy.deepcopy(base)
+    prune_model(model, list(prune[1]), prune[0], calibration_batches(params, tok), blocksize=pp.sparsegpt_blocksize,
+                damp=pp.sparsegpt_damp, progress=False)
+    return model
 
 
 _WORKER: dict = {}
@@ -45,22 +74,30 @@ def _init_worker(params, threads: int) -> None:
     torch.set_num_threads(threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
     base, tok = models.load(params, device="cpu")
-    _WORKER.update(params=params, base=base, tok=tok, batches={})
+    _WORKER.update(params=params, base=base, tok=tok, batches={}, bases={})
 
 
-def _run(job: Job, params, base, tok, batches: dict, accelerator=None) -> dict:
-    """One job through `finetune.cached_cell`, its task's training batches built once in `batches`."""
+def _run(job: Job, params, base, tok, batches: dict, bases: dict, accelerator=None) -> dict:
+    """One job through `finetune.cached_cell`, its task's training batches built once in `batches`
+    and its pruned base (if any) in `bases`, which holds one pruned copy at a time (a 7B model
+    has room for one); a cached cell needs neither."""
+    counts = None if job.counts is None else list(job.counts)
+    ranks = None if job.ranks is None else list(job.ranks)
     if job.task not in batches:
         batches[job.task] = ft.task_train_batches(params, tok, job.task)
-    return ft.cached_cell(base, tok, params, job.task, seed=job.seed,
-                          counts=None if job.counts is None else list(job.counts),
-                          ranks=None if job.ranks is None else list(job.ranks), accelerator=accelerator,
-                          batches=batches[job.task])
+    model = base
+    if job.prune is not None and not ft.cell_cached(params, job.task, job.seed, counts, ranks, job.base_spec(params)):
+        if job.prune not in bases:
+            bases.clear()
+            bases[job.prune] = pruned_base(params, base, tok, job.prune)
+        model = bases[job.prune]
+    return ft.cached_cell(model, tok, params, job.task, seed=job.seed, counts=counts, ranks=ranks,
+                          accelerator=accelerator, batches=batches[job.task], base_spec=job.base_spec(params))
 
 
 def _run_job(job: Job) -> dict:
     w = _WORKER
-    return _run(job, w["params"], w["base"], w["tok"], w["batches"])
+    return _run(job, w["params"], w["base"], w["tok"], w["batches"], w["bases"])
 
 
 def run_cells(params, jobs: Sequence[Job], *, workers: int = 1, base=None, tok=None, accelerator=None,
@@ -83,8 +120,9 @@ def run_cells(params, jobs: Sequence[Job], *, workers: int = 1, base=None, tok=N
         if base is None or tok is None:
             raise ValueError("base/tok: the in-process path (workers = 1) needs the base model and tokenizer")
         batches: dict[str, list] = {}
+        bases: dict = {}
         for key, j in unique.items():
-            out[key] = _run(j, params, base, tok, batches, accelerator)
+            out[key] = _run(j, params, base, tok, batches, bases, accelerator)
             if bar is not None:
                 bar.update(1)
     else:

@@ -63,7 +63,8 @@ def run_scale(run_root: Path) -> str:
 INTERVALS_FILE = "intervals.csv"
 _FORMATS = {   # metric -> (format of a difference, unit text)
     "accuracy_points": ("{:+.2f}", " pts"), "zeroshot_points": ("{:+.2f}", " pts"),
-    "perplexity_rel": ("{:+.2%}", " perplexity"),
+    "perplexity_rel": ("{:+.2%}", " perplexity"), "rel_ppl": ("{:+.2%}", " perplexity"),
+    "heldout_loss": ("{:+.4f}", " nats"),
 }
 
 
@@ -121,11 +122,13 @@ def interval_claim_verdict(ci_low: float, ci_high: float, mde: float | None, cla
 
 def from_interval(run_root: Path, notebook: str, comparison: str, task: str, metric: str, *,
                   claim: float | None = None, margin: float | None = None, scale: str | None = None,
-                  note: str = "") -> ClaimResult:
+                  note: str = "", lower_is_better: bool = False) -> ClaimResult:
     """A comparative claim read from one row (comparison, task, metric) of
     `<run_root>/<notebook>/intervals.csv`: `ours` = "<diff> [<ci_low>, <ci_high>], MDE <mde>", the
     verdict from the interval (`interval_claim_verdict`, with the paper's `claim` value or the
-    parity `margin`), `note` appended to the why. A run without the file (made before notebooks
+    parity `margin`), `note` appended to the why. `lower_is_better` (a loss, a perplexity): the method
+    wins when the difference is negative, so the verdict is read from the negated interval (and
+    claim); `ours` keeps the signs as measured. A run without the file (made before notebooks
     wrote intervals) or without the row is "not testable here", never a point-estimate verdict."""
     from mdlcap.study.stats import INTERVAL_COLUMNS
 
@@ -150,7 +153,11 @@ def from_interval(run_root: Path, notebook: str, comparison: str, task: str, met
                          "an intervals table holds one row per comparison / task / metric")
     x = rows.iloc[0]
     lo, hi, mde, diff = (float(x[k]) for k in ("ci_low", "ci_high", "mde", "diff"))
-    verdict, word, why = interval_claim_verdict(lo, hi, mde, claim, margin)
+    if lower_is_better:
+        verdict, word, why = interval_claim_verdict(-hi, -lo, mde, None if claim is None else -claim, margin)
+        why = f"lower is better: read on −({comparison}); " + why
+    else:
+        verdict, word, why = interval_claim_verdict(lo, hi, mde, claim, margin)
     mde_txt = f", MDE {_fmt(metric, mde, signed=False)}" if math.isfinite(mde) else ""
     unit = _FORMATS.get(metric, ("", ""))[1]
     ours = (f"{comparison}: {_fmt(metric, diff)}{unit} [{_fmt(metric, lo)}, {_fmt(metric, hi)}]{mde_txt}"

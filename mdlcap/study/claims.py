@@ -323,3 +323,37 @@ CLAIMS += [
     Claim("Transfer regret is O(δ²) with the Theorem-4 constants", "Appendix D, Thm 4",
           "R ≤ (L_θ/2)(L_q/μ)²‖q_S − q_T‖²", _regret),
 ]
+
+
+# --------------------------------------------------------------------------- notebook 07 (future work)
+NB07 = "07_joint_and_psi"
+
+
+def _nb07_tasks(r: Path, comparison: str, metric: str) -> list[str]:
+    """The tasks (the joint task; the pruners) of `comparison` / `metric` in notebook 07's intervals."""
+    from mdlcap.study.claim_verdicts import INTERVALS_FILE
+    p = r / NB07 / INTERVALS_FILE
+    if not p.exists():
+        return []
+    t = pd.read_csv(p)
+    return [str(x) for x in t[(t.comparison == comparison) & (t.metric == metric)].task]
+
+
+def _nb07_claim(comparison: str, metric: str, lower_is_better: bool = False):
+    def check(r: Path) -> ClaimResult:
+        tasks = _nb07_tasks(r, comparison, metric)
+        if not tasks:            # from_interval says why (no file, or no such row)
+            return from_interval(r, NB07, comparison, "-", metric, claim=None)
+        return combine({t: from_interval(r, NB07, comparison, t, metric, claim=None, lower_is_better=lower_is_better)
+                        for t in tasks})
+    return check
+
+
+CLAIMS += [
+    Claim("Beyond the paper: one program that allocates and prunes beats Algorithm 2 then Algorithm 1 at equal "
+          "description length (test accuracy)", "Appendix G ii (future work)", "no number (future work)",
+          _nb07_claim("joint - separate", "accuracy_points")),
+    Claim("Beyond the paper: ψ calibrated per pruner gives lower held-out perplexity than ψ = ρ² at equal sparsity",
+          "Appendix F, G i (future work)", "no number (future work)",
+          _nb07_claim("psi_calibrated - psi_rho2", "rel_ppl", lower_is_better=True)),
+]

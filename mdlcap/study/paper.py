@@ -99,6 +99,7 @@ THRESHOLDS = {
     "caq_accuracy_loss_points": 1.0,  # CAQ "equal accuracy": at most this many points below full precision
     "above_chance_z": 2.0,           # notebook 00: a task is answered above chance when z > this
     "cg_rel_residual": 1e-3,         # notebook 02: a ζ² solve is converged at ‖b − (H+λI)x‖/‖b‖ <= this (issue 14)
+    "program_kkt": 1e-9,             # notebook 07: the joint and calibrated-ψ solves' KKT residual and objective excess over cvxpy
 }
 
 

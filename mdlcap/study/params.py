@@ -16,6 +16,9 @@ from typing import Any, Literal
 
 import yaml
 
+from mdlcap.study import params_notebook07
+from mdlcap.study.params_notebook07 import JointParams, PsiParams
+
 
 class ParamsError(ValueError):
     """A params file broke the schema; the message names the file and the key."""
@@ -236,6 +239,8 @@ class Params:
     pruning: PruningParams = field(default_factory=PruningParams)
     transfer: TransferParams = field(default_factory=TransferParams)
     precision: PrecisionParams = field(default_factory=PrecisionParams)
+    joint: JointParams = field(default_factory=JointParams)
+    psi: PsiParams = field(default_factory=PsiParams)
     source: str = ""                     # the file this came from (set by load)
 
     def to_dict(self) -> dict[str, Any]:
@@ -445,6 +450,7 @@ def _check_values(p: Params, src: str) -> None:
     need(all(2 <= b <= 32 for b in p.precision.alt_bit_choices)
          and p.precision.alt_bit_choices == sorted(set(p.precision.alt_bit_choices)),
          "precision.alt_bit_choices", "must be [] or increasing distinct integers in [2, 32]")
+    params_notebook07.check_values(p, need, known, _score_methods)
     need(p.transfer.n_instances >= 1, "transfer.n_instances", "must be >= 1")
     need(p.transfer.K >= 2, "transfer.K", "must be >= 2")
     need(p.transfer.n_sweep >= 1, "transfer.n_sweep", "must be >= 1")

@@ -1,6 +1,7 @@
 """Random instances of the two programs (METHOD.md §2–4), steered toward chosen regimes.
 
     random_allocation_instance / random_pruning_instance   notebook 01's closed-form checks
+    random_joint_instance                                  notebook 07's joint-program checks
     bench_instance                                         a binding instance for timing
     random_instance                                        a (q_S, q_T, args) pair for Theorem 4
 
@@ -50,6 +51,24 @@ def random_pruning_instance(rng, K: int, regime: str) -> tuple[tuple, dict]:
     else:
         target = at0 + (0.98 * rho_max - at0) * rng.uniform(0.1, 0.9)
     return (q, N, target), kw
+
+
+def random_joint_instance(rng, K: int | None = None) -> tuple:
+    """(q, cost, sizes, budget, kwargs) of the joint program (METHOD.md §7.1) over its regimes:
+    some n_k = 0, some ρ at 0 or ρ_max, b = 0, q_k = 0, equal and unequal costs, budgets from
+    just above the floor b ΣN (1 − ρ_max) to far above it; K random unless given."""
+    K = int(rng.choice([2, 3, 5, 17, 64, 200], p=[.2, .15, .2, .2, .17, .08])) if K is None else K
+    q = rng.dirichlet(np.full(K, float(rng.choice([0.3, 1.0, 5.0]))))
+    if K > 3 and rng.random() < 0.15:
+        q[rng.integers(K)] = 0.0                           # no gain: n_k = 0, ρ_k = ρ_max
+    c = np.full(K, rng.uniform(0.05, 1.0)) if rng.random() < 0.3 else rng.uniform(0.01, 1.0, K)
+    N = rng.uniform(1.0, 4.0, K)
+    kw = dict(beta=float(rng.choice([0.5, 1.0, 3.0])), lam=float(rng.choice([0.01, 2.0, 100.0])),
+              gamma=float(rng.choice([0.5, 1.0, 2.0])), bits=float(rng.choice([0.0, 0.1, 1.0, 16.0])),
+              rho_max=float(rng.choice([0.3, 0.6, 1.0])))
+    floor = kw["bits"] * N.sum() * (1 - kw["rho_max"])
+    B = floor + float(rng.choice([0.01, 0.3, 3.0, 30.0])) * c.sum()
+    return q, c, N, B, kw
 
 
 def bench_instance(name: str, K: int, seed: int = 0) -> tuple[tuple, dict]:
