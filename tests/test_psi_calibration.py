@@ -264,3 +264,17 @@ def test_end_to_end_on_the_tiny_model(model, batches, tmp_cache, monkeypatch):
     iv = C.comparison_intervals(res, n_resamples=999)
     assert len(iv) == len(C.COMPARISONS) and (iv.ci_low <= iv["diff"]).all() and (iv["diff"] <= iv.ci_high).all()
     assert len(C.verdict_lines(iv)) == 1
+
+
+def test_uniform_sweep_adds_one_point_per_pruner_and_level(model, batches, monkeypatch, tmp_cache):
+    bench = _bench(model, batches, monkeypatch)
+    dense = bench.run(None, "dense", need_accuracy=False)
+    curves = C.layer_curves(bench, ["magnitude", "wanda"], [0.2, 0.5], progress=False)
+    fits = C.fit_curves(curves)
+    sw = C.uniform_sweep(bench, dense, fits, ["magnitude", "wanda"], [0.3, 0.6])
+    assert len(sw) == 4 and list(sw.method[:2]) == ["uniform@0.3", "uniform@0.6"]
+    r = np.full(len(bench.sizes), 0.6)
+    assert sw.predicted_increase.iloc[1] == pytest.approx(C.predicted_increase(fits, "magnitude", r))
+    assert (sw.measured_increase.iloc[1] > sw.measured_increase.iloc[0])
+    with pytest.raises(ValueError, match="grid"):
+        C.uniform_sweep(bench, dense, fits, ["magnitude"], [1.5])

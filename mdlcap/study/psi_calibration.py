@@ -6,6 +6,7 @@
     vectors = ratio_vectors(fits, pruners, q, raw_score, outliers, sizes, target, pp, rho_max=...)
     results = evaluate_methods(bench, calib, vectors, dense_heldout, dense_calib, fits)
     comparison_intervals(results) / verdict_lines       paired held-out intervals at equal sparsity, in words
+    uniform_sweep(calib, dense_calib, fits, pruners, levels)   more points: uniform ratios at several sparsities
     additivity(results) / additivity_verdict            does Σ_k ψ_k(ρ_k) predict the whole model's loss?
 
 D_k(ρ) is the mean next-token loss (nats, mean over windows) of the model with only decoder layer k
@@ -229,6 +230,24 @@ def verdict_lines(intervals: pd.DataFrame) -> list[str]:
 
 
 # =========================================================================== additivity
+def uniform_sweep(calib_bench: Bench, dense_calib: dict, fits: pd.DataFrame, pruners: Sequence[str],
+                  levels: Sequence[float]) -> pd.DataFrame:
+    """More points for the additivity check than the methods at one sparsity give: uniform ratios
+    at each sparsity of `levels`, per pruner, evaluated on the calibration bench. Columns pruner,
+    method ("uniform@<s>"), global_sparsity, measured_increase, predicted_increase (as
+    `evaluate_methods`)."""
+    g, prs = _check_grid_pruners(levels, pruners)
+    K, base = len(calib_bench.sizes), mean_loss(dense_calib)
+    rows = []
+    for pr in prs:
+        for s in g:
+            r = np.full(K, float(s))
+            rows.append({"pruner": pr, "method": f"uniform@{s:g}", "global_sparsity": float(s),
+                         "measured_increase": mean_loss(calib_bench.run(r, pr, need_accuracy=False)) - base,
+                         "predicted_increase": predicted_increase(fits, pr, r)})
+    return pd.DataFrame(rows)
+
+
 def additivity(results: pd.DataFrame) -> pd.DataFrame:
     """Per pruner: n methods, Pearson and Spearman correlation of predicted vs measured loss increase
     (NaN when either is constant or n < 2), and mean_ratio, the mean of measured/predicted over the
