@@ -13,7 +13,7 @@ averaged by DDP, so all processes hold identical adapter weights after every ste
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 import torch
@@ -85,12 +85,21 @@ def make_accelerator(device: str = "cpu", mixed_precision: str = "no"):
 def finetune(model: torch.nn.Module, train_batches: Sequence[dict], *, epochs: int = 1, lr: float = 2e-4,
              accelerator=None, seed: int = 0, weight_decay: float = 0.0, aux_loss_coef: float = 0.0,
              max_grad_norm: float | None = 1.0, warmup_ratio: float = 0.0, progress: bool = True,
-             desc: str = "finetune", validation: ValidationLoss | None = None) -> list[float]:
+             desc: str = "finetune", validation: ValidationLoss | None = None,
+             callback: Callable | None = None) -> list[float]:
     """Train the parameters of `model` that require grad with AdamW on `train_batches` for `epochs`
     (linear decay after an optional warm-up), plus `aux_loss_coef` x the MoE load-balancing loss.
     Returns the training loss of every step (averaged over processes); `validation` (a
     `ValidationLoss`) records the held-out loss along the way. The model is trained in place and
-    left in eval mode, unwrapped from DDP."""
+    left in eval mode, unwrapped from DDP.
+
+    `callback(step, model, optimizer)`, if given, runs after every optimizer step (and the
+    learning-rate step) and before the gradients are cleared, with `step` the number of optimizer
+    steps done so far (1, 2, ..., the last step): a rank schedule changes the adapters there
+    (`mdlcap.interventions.online_ranks.OnlineRanks`; AdaLoRA's `update_and_allocate`, which
+    reads the step's gradients, `mdlcap.interventions.adalora.AdaLoraStep`). `model` and
+    `optimizer` are as accelerate prepared them (DDP / `AcceleratedOptimizer` wrappers under a
+    launch: unwrap with `.module` / `.optimizer`). Without a callback the loop is the one it was."""
     from accelerate.utils import set_seed
 
     if epochs < 1:
@@ -134,6 +143,8 @@ def finetune(model: torch.nn.Module, train_batches: Sequence[dict], *, epochs: i
                 accelerator.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()
             schedule.step()
+            if callback is not None:
+                callback(len(losses) + 1, model, optimizer)
             optimizer.zero_grad(set_to_none=True)
             step_loss = accelerator.reduce(out.loss.detach().float(), reduction="mean").item()
             losses.append(step_loss)

@@ -18,6 +18,8 @@ import yaml
 
 from mdlcap.study import params_notebook07
 from mdlcap.study.params_notebook07 import JointParams, PsiParams
+from mdlcap.study import params_notebook08
+from mdlcap.study.params_notebook08 import OnlineParams
 
 
 class ParamsError(ValueError):
@@ -241,6 +243,7 @@ class Params:
     precision: PrecisionParams = field(default_factory=PrecisionParams)
     joint: JointParams = field(default_factory=JointParams)
     psi: PsiParams = field(default_factory=PsiParams)
+    online: OnlineParams = field(default_factory=OnlineParams)
     source: str = ""                     # the file this came from (set by load)
 
     def to_dict(self) -> dict[str, Any]:
@@ -451,6 +454,7 @@ def _check_values(p: Params, src: str) -> None:
          and p.precision.alt_bit_choices == sorted(set(p.precision.alt_bit_choices)),
          "precision.alt_bit_choices", "must be [] or increasing distinct integers in [2, 32]")
     params_notebook07.check_values(p, need, known, _score_methods)
+    params_notebook08.check_values(p, need)
     need(p.transfer.n_instances >= 1, "transfer.n_instances", "must be >= 1")
     need(p.transfer.K >= 2, "transfer.K", "must be >= 2")
     need(p.transfer.n_sweep >= 1, "transfer.n_sweep", "must be >= 1")
