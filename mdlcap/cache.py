@@ -42,6 +42,7 @@ CODE_VERSIONS = {
                          # 3: the held-out loss along training; 4: its plateau read by late_improvement
     "pruning": "2",      # one pruning configuration's evaluation; 2: per-window held-out losses, per-item zero-shot
     "precision": "3",    # CAQ: trained weights and per-(model, seed) study tables
+    "online": "1",       # notebook 08: one fine-tuning record per (task, rank method, seed) with its rank trajectory
 }
 
 

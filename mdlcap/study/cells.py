@@ -77,6 +77,17 @@ def _init_worker(params, threads: int) -> None:
     _WORKER.update(params=params, base=base, tok=tok, batches={}, bases={})
 
 
+def init_worker(params, threads: int) -> None:
+    """A worker process's initializer (spawn pools of other cell kinds, e.g. notebook 08's): one
+    torch thread count, the base model and tokenizer loaded once into `worker_state()`."""
+    _init_worker(params, threads)
+
+
+def worker_state() -> dict:
+    """This worker process's params, base, tok and per-task batch cache (set by `init_worker`)."""
+    return _WORKER
+
+
 def _run(job: Job, params, base, tok, batches: dict, bases: dict, accelerator=None) -> dict:
     """One job through `finetune.cached_cell`, its task's training batches built once in `batches`
     and its pruned base (if any) in `bases`, which holds one pruned copy at a time (a 7B model

@@ -357,3 +357,30 @@ CLAIMS += [
           "Appendix F, G i (future work)", "no number (future work)",
           _nb07_claim("psi_calibrated - psi_rho2", "rel_ppl", lower_is_better=True)),
 ]
+
+
+# --------------------------------------------------------------------------- notebook 08 (future work)
+NB08 = "08_online_scores"
+
+
+def _nb08_claim(comparison: str, metric: str, lower_is_better: bool = False):
+    def check(r: Path) -> ClaimResult:
+        from mdlcap.study.claim_verdicts import INTERVALS_FILE
+        p = r / NB08 / INTERVALS_FILE
+        t = pd.read_csv(p) if p.exists() else None
+        tasks = [] if t is None else [str(x) for x in t[(t.comparison == comparison) & (t.metric == metric)].task]
+        if not tasks:            # from_interval says why (no file, or no such row)
+            return from_interval(r, NB08, comparison, "-", metric, claim=None)
+        return combine({k: from_interval(r, NB08, comparison, k, metric, claim=None, lower_is_better=lower_is_better)
+                        for k in tasks})
+    return check
+
+
+CLAIMS += [
+    Claim("Beyond the paper: online MDL ranks beat AdaLoRA at equal final rank budget (test accuracy)",
+          "Appendix G iii (future work)", "no number (future work)",
+          _nb08_claim("online_mdl - adalora", "accuracy_points")),
+    Claim("Beyond the paper: online MDL ranks give a lower held-out loss than AdaLoRA at equal final rank budget",
+          "Appendix G iii (future work)", "no number (future work)",
+          _nb08_claim("online_mdl - adalora", "heldout_loss", lower_is_better=True)),
+]

@@ -1,0 +1,273 @@
+"""Notebook 08: ζ² updated online during fine-tuning against AdaLoRA (issue 17; METHOD.md §7.4;
+paper Appendix G iii). Four rank methods at one final total rank and one step count:
+
+    recs = online_cells(params, base=model, tok=tok, workers=2)   # one cached record per (task, method, seed)
+    res = results_table(recs)                                     # accuracy, held-out loss, final budget, passes
+    iv = online_intervals(res)                                    # paired 95 % intervals of COMPARISONS
+    rank_table(recs); drift_table(recs); loss_table(recs); overhead_table(recs); verdict_lines(iv, ...)
+
+  uniform     peft LoRA, every layer at online.target_rank;
+  static_mdl  peft LoRA with the capped rank program's ranks from ζ² (online.surrogate) at step 0;
+  adalora     peft AdaLoRA, init_r = r_max, target_r = target_rank (`interventions.adalora`);
+  online_mdl  LoRA at r_max with rank masks, ζ² rescored and the program re-solved on the schedule
+              (`interventions.online_ranks.OnlineRanks`).
+All share the schedule (`RankSchedule` from the online.t_* fractions of the cell's steps), the
+training recipe of `allocation` (lr, epochs, batches, seed: adapter init and batch order), the
+held-out loss (`finetune.task_validation`; AdaLoRA's orthogonality penalty off) and the lm-eval
+test split. The budget Σ_modules rank = target_rank × L × (modules per layer) is the same final
+total for every method. Ranks are reported per module (a layer's AdaLoRA rank is its modules' mean).
+Each record is one entry of the "online" cache namespace (key: `finetune.cell_spec` of the base
+run plus the method and the online section), computed in `run.workers` spawn processes that load
+the base model once (`study.cells`' worker), so a record does not depend on which worker ran it.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import time
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+
+from mdlcap import cache
+from mdlcap.interventions import finetune as ft
+from mdlcap.study.allocation_evidence import paired_points
+from mdlcap.study.stats import interval_frame, interval_row, paired_interval
+
+COMPARISONS = (("adalora", "online_mdl"), ("static_mdl", "online_mdl"), ("uniform", "online_mdl"),
+               ("uniform", "adalora"))                                     # (base, other): "other - base"
+UNIT = {"accuracy_points": "points", "heldout_loss": "nats"}
+
+
+def cell_spec(params, task: str, method: str, seed: int) -> dict:
+    """The cache spec of one record: the base fine-tuning spec, the method and the online section
+    (its task, method and seed lists excluded: they choose cells, not a cell's result)."""
+    o = asdict(params.online)
+    for k in ("tasks", "methods", "seeds"):
+        o.pop(k)
+    return {**ft.cell_spec(params, task, seed), "method": method, "online": o}
+
+
+def _lora(base, ranks, params):
+    from peft import get_peft_model
+
+    from mdlcap.interventions.moe import rank_config
+    a = params.allocation
+    return get_peft_model(copy.deepcopy(base), rank_config([int(r) for r in ranks], target_modules=a.target_modules,
+                                                           alpha_ratio=a.lora_alpha / a.lora_r))
+
+
+def run_online_cell(base, tok, params, task: str, method: str, seed: int, batches=None) -> dict:
+    """Fine-tune a copy of `base` on `task` with one rank method (module docstring) and evaluate it:
+    accuracy and per-item correctness on the test split, held-out loss along training and at the
+    end, per-layer ranks (per module) at every schedule step, OnlineRanks' trajectory and passes."""
+    import torch
+
+    from mdlcap.evaluation import lm_eval_items
+    from mdlcap.interventions import adalora as ada
+    from mdlcap.interventions.online_ranks import OnlineRanks
+    from mdlcap.interventions.rank_mask import attach_masks, lora_modules
+    from mdlcap.interventions.rank_schedule import RankSchedule
+    from mdlcap.models import decoder_layers
+
+    a, o = params.allocation, params.online
+    t0 = time.time()
+    batches = ft.task_train_batches(params, tok, task) if batches is None else batches
+    L, epochs = len(decoder_layers(base)), ft.task_epochs(params, task)
+    budget, steps = o.target_rank * L, epochs * len(batches)
+    sched = RankSchedule(total_steps=steps, t_init=o.t_init, delta_t=o.delta_t, t_final=o.t_final)
+    held = ft.task_validation(params, tok, task)
+    torch.manual_seed(seed)
+    online = trajectory = None
+    passes = {"step0_passes": 0, "update_passes": 0, "penalty_pass_fraction": 0.0}
+    if method in ("static_mdl", "online_mdl"):
+        model = _lora(base, [o.r_max] * L, params)
+        online = OnlineRanks(attach_masks(model), batches[: o.scoring_batches], budget=budget, schedule=sched,
+                             method=o.surrogate, gamma=o.gamma, n_min=o.n_min, keep=o.keep)
+        ranks0 = online.start(model)
+        passes["step0_passes"] = online.cost()["step0_passes"]
+        if method == "static_mdl":
+            torch.manual_seed(seed)
+            model, online = _lora(base, ranks0, params), None
+            trajectory = [{"step": 0, "ranks": [float(r) for r in ranks0]}]
+    elif method == "uniform":
+        model = _lora(base, [o.target_rank] * L, params)
+        trajectory = [{"step": 0, "ranks": [float(o.target_rank)] * L}]
+    elif method == "adalora":
+        model = ada.add_adalora(copy.deepcopy(base), ada.adalora_config(
+            L, budget, o.r_max, sched, target_modules=a.target_modules, alpha_ratio=a.lora_alpha / a.lora_r,
+            orth_reg_weight=o.orth_reg_weight))
+        if held is not None:
+            held = ada.AdaLoraValidation(held.batches, every=held.every)
+    else:
+        raise ValueError(f"method: must be one of uniform, static_mdl, adalora, online_mdl, got {method!r}")
+    callback = online if method == "online_mdl" else ada.AdaLoraStep(model, sched) if method == "adalora" else None
+    losses = ft.finetune(model, batches, epochs=epochs, lr=a.lr, seed=seed, warmup_ratio=a.warmup_ratio,
+                         progress=False, validation=held, callback=callback)
+    t1 = time.time()
+    if method == "adalora":
+        final = ada.module_ranks(model)
+        per = [sum(1 for n in final if re.search(rf"layers\.{k}\.", n)) for k in range(L)]
+        trajectory = [{"step": r["step"], "ranks": [x / n for x, n in zip(r["ranks"], per)]}
+                      for r in callback.trajectory]
+        tokens = int(np.mean([int(b["attention_mask"].sum()) for b in batches]))
+        passes["penalty_pass_fraction"] = ada.orthogonality_cost(model, tokens)["pass_fraction"]
+        total, r_top = int(sum(final.values())), int(max(final.values()))
+    else:
+        per = [len(m) for m in lora_modules(model)]
+        if online is not None:
+            trajectory = [{"step": r["step"], "ranks": [float(x) for x in r["ranks"]]} for r in online.trajectory]
+            passes["update_passes"] = online.cost()["update_passes"]
+        last = trajectory[-1]["ranks"]
+        total, r_top = int(round(sum(x * n for x, n in zip(last, per)))), int(max(last))
+    accs, items = lm_eval_items(model, tok, params, [task], limit=a.eval_limit)
+    keys = ("step", "phase", "drift", "regret_ranks", "regret", "bound", "vi_bound", "update_passes", "passes")
+    return {"task": task, "method": method, "seed": int(seed), "accuracy": accs[task], "items": items[task],
+            "val_steps": [] if held is None else held.steps,
+            "val_losses": [] if held is None else [round(float(x), 5) for x in held.losses],
+            "heldout_loss": float("nan") if held is None else float(held.losses[-1]),
+            "steps": len(losses), "schedule_updates": list(sched.updates), "rank_trajectory": trajectory,
+            "final_total_rank": total, "budget_total_rank": int(budget * per[0]), "final_max_rank": r_top,
+            "online_trajectory": [] if online is None else [{k: r[k] for k in keys} for r in online.trajectory],
+            **passes, "train_seconds": round(t1 - t0, 3), "eval_seconds": round(time.time() - t1, 3)}
+
+
+def cached_online_cell(base, tok, params, task: str, method: str, seed: int, batches=None) -> dict:
+    """`run_online_cell` through the one cache (namespace "online"); adds "cached"."""
+    fresh = []
+
+    def compute():
+        fresh.append(True)
+        return run_online_cell(base, tok, params, task, method, seed, batches)
+
+    rec = cache.cached("online", cell_spec(params, task, method, seed), compute, prefix=f"{task}_{method}_")
+    return {**rec, "cached": not fresh}
+
+
+def _job(job: tuple[str, str, int]) -> dict:
+    from mdlcap.study.cells import worker_state
+    w = worker_state()
+    task = job[0]
+    if task not in w["batches"]:
+        w["batches"][task] = ft.task_train_batches(w["params"], w["tok"], task)
+    return cached_online_cell(w["base"], w["tok"], w["params"], *job, batches=w["batches"][task])
+
+
+def online_cells(params, *, base=None, tok=None, workers: int = 1) -> list[dict]:
+    """Every (task, method, seed) of the online section, in that order, through the cache;
+    `workers` > 1 spawn processes of one torch thread (`study.cells.init_worker`)."""
+    from tqdm.auto import tqdm
+
+    from mdlcap.study.cells import init_worker
+    o = params.online
+    jobs = [(t, m, int(s)) for t in o.tasks for m in o.methods for s in o.seeds]
+    bar = tqdm(total=len(jobs), desc="online cells")
+    out: dict = {}
+    if workers <= 1:
+        batches = {t: ft.task_train_batches(params, tok, t) for t in o.tasks}
+        for j in jobs:
+            out[j] = cached_online_cell(base, tok, params, *j, batches=batches[j[0]])
+            bar.update(1)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=init_worker,
+                                 initargs=(params, 1)) as pool:
+            futures = {pool.submit(_job, j): j for j in jobs}
+            for f in as_completed(futures):
+                out[futures[f]] = f.result()
+                bar.update(1)
+    bar.close()
+    return [out[j] for j in jobs]
+
+
+# --------------------------------------------------------------------------- tables
+def results_table(recs: list[dict]) -> pd.DataFrame:
+    """One row per record, with its per-item correctness (`items`) for the intervals."""
+    keep = ("task", "method", "seed", "accuracy", "heldout_loss", "items", "steps", "final_total_rank",
+            "budget_total_rank", "final_max_rank", "step0_passes", "update_passes", "penalty_pass_fraction",
+            "train_seconds", "eval_seconds")
+    return pd.DataFrame([{k: r[k] for k in keep} for r in recs])
+
+
+def summary_table(res: pd.DataFrame) -> pd.DataFrame:
+    """Per task and method: accuracy (%) and held-out loss, mean and std over seeds; final budget."""
+    g = res.groupby(["task", "method"], sort=False)
+    return pd.DataFrame({"accuracy_mean": g.accuracy.mean() * 100, "accuracy_std": g.accuracy.std() * 100,
+                         "heldout_loss_mean": g.heldout_loss.mean(), "heldout_loss_std": g.heldout_loss.std(),
+                         "final_total_rank": g.final_total_rank.max(), "n_seeds": g.seed.nunique()}).reset_index()
+
+
+def online_intervals(res: pd.DataFrame, *, n_resamples: int = 4999) -> pd.DataFrame:
+    """Paired 95 % intervals of COMPARISONS present in `res`, per task: accuracy in points (seeds ×
+    items) and held-out loss (seeds; lower is better); no paper number (future work)."""
+    rows = []
+    for task, r in res.groupby("task", sort=False):
+        seeds, methods = sorted(set(r.seed)), set(r.method)
+        loss = r.set_index(["method", "seed"])["heldout_loss"]
+        for base, other in COMPARISONS:
+            if base not in methods or other not in methods:
+                continue
+            name = f"{other} - {base}"
+            d = paired_points(r, task, base, other, seeds)
+            rows.append(interval_row(name, task, "accuracy_points", paired_interval(d, n_resamples=n_resamples), None))
+            dl = np.array([[loss[(other, s)] - loss[(base, s)]] for s in seeds])
+            rows.append(interval_row(name, task, "heldout_loss", paired_interval(dl, n_resamples=n_resamples), None))
+    return interval_frame(rows)
+
+
+def rank_table(recs: list[dict]) -> pd.DataFrame:
+    """task, method, seed, step, layer, rank (per module) at every recorded schedule step."""
+    return pd.DataFrame([{"task": r["task"], "method": r["method"], "seed": r["seed"], "step": t["step"],
+                          "layer": k, "rank": x} for r in recs for t in r["rank_trajectory"]
+                         for k, x in enumerate(t["ranks"])])
+
+
+def loss_table(recs: list[dict]) -> pd.DataFrame:
+    """task, method, seed, step, heldout_loss along training."""
+    return pd.DataFrame([{"task": r["task"], "method": r["method"], "seed": r["seed"], "step": s, "heldout_loss": v}
+                         for r in recs for s, v in zip(r["val_steps"], r["val_losses"])])
+
+
+def drift_table(recs: list[dict]) -> pd.DataFrame:
+    """Online MDL's updates: drift ‖q(t) − q(0)‖, regret of the step-0 ranks (integer and continuous),
+    Theorem 4's bound and its ratio, passes, per task, seed and step."""
+    cols = ["task", "seed", "step", "phase", "drift", "regret_ranks", "regret", "bound", "vi_bound",
+            "update_passes", "passes"]
+    t = pd.DataFrame([{"task": r["task"], "seed": r["seed"], **u} for r in recs if r["method"] == "online_mdl"
+                      for u in r["online_trajectory"]], columns=cols)
+    t["regret_over_bound"] = (t.regret / t.bound.where(t.bound > 0)).astype(float)
+    return t
+
+
+def overhead_table(res: pd.DataFrame) -> pd.DataFrame:
+    """Per method: gradient passes beyond training's (step 0 scoring, online updates; AdaLoRA 0 plus
+    its orthogonality penalty as a fraction of one pass per step), training steps, wall seconds."""
+    g = res.groupby("method", sort=False)
+    out = pd.DataFrame({"train_steps": g.steps.mean(), "step0_passes": g.step0_passes.mean(),
+                        "update_passes": g.update_passes.mean(),
+                        "penalty_pass_fraction_per_step": g.penalty_pass_fraction.mean(),
+                        "train_seconds": g.train_seconds.mean()})
+    out["extra_passes"] = out.step0_passes + out.update_passes
+    out["extra_passes_per_step"] = out.extra_passes / out.train_steps
+    return out.reset_index()
+
+
+def verdict_lines(iv: pd.DataFrame, drift: pd.DataFrame | None = None, overhead: pd.DataFrame | None = None) -> list[str]:
+    """One line per interval (difference, CI, MDE, verdict; lower held-out loss is better), the
+    regret against Theorem 4's bound, and the overhead."""
+    lines = [f"{r.task}: {r.comparison} ({r.metric}): {r.diff:+.3f} {UNIT.get(r.metric, '')}, CI [{r.ci_low:+.3f}, "
+             f"{r.ci_high:+.3f}], MDE {r.mde:.3f} ({r.n_seeds} seeds x {r.n_items} items) -> {r.verdict}"
+             + (" (lower is better)" if r.metric == "heldout_loss" else "") for r in iv.itertuples(index=False)]
+    if drift is not None and len(drift):
+        u = drift[drift.step > 0]
+        over = int((u.regret > u.bound + 1e-9).sum())
+        lines.append(f"online MDL: {len(u)} updates, largest drift {u.drift.max():.3g}, largest regret of the step-0 "
+                     f"ranks {u.regret.max():.3g} (integer {u.regret_ranks.max():.3g}); regret above Theorem 4's bound "
+                     f"in {over} of {len(u)} -> {'bound holds' if over == 0 else 'BOUND VIOLATED'}")
+    if overhead is not None and len(overhead):
+        lines += [f"overhead {r.method}: {r.extra_passes:.0f} extra gradient passes over {r.train_steps:.0f} steps "
+                  f"({r.extra_passes_per_step:.3f} per step), penalty {r.penalty_pass_fraction_per_step:.2e} of a pass "
+                  f"per step, {r.train_seconds:.1f} s training" for r in overhead.itertuples(index=False)]
+    return lines
