@@ -40,6 +40,7 @@ KEY_TABLES = {
     "05_transfer_regret": ["violations", "slopes_pooled", "downstream_summary"],
     "06_precision_allocation": ["relaxation_vs_exact", "kappa_bits_correlation"],
     "07_joint_and_psi": ["joint_budget", "joint_summary", "psi_fits", "psi_additivity"],
+    "08_online_scores": ["online_summary", "online_overhead"],
 }
 # The figures shown per notebook (PNG stems); a notebook not named here shows every figure it wrote.
 KEY_FIGURES = {
@@ -49,6 +50,7 @@ KEY_FIGURES = {
     "05_transfer_regret": ["regret_vs_delta", "real_drift_heatmap"],
     "06_precision_allocation": ["pareto_frontier", "precision_heatmap", "error_waterfall"],
     "07_joint_and_psi": ["joint_allocation", "joint_vs_separate", "psi_curves", "psi_intervals", "psi_additivity"],
+    "08_online_scores": ["online_intervals", "online_rank_trajectories", "online_drift_regret"],
 }
 CLAIM_COLUMNS = ["claim", "source", "paper", "ours", "scale", "verdict", "why"]
 README_COLUMNS = ["claim", "paper", "ours", "scale", "verdict"]
