@@ -34,7 +34,8 @@ def lm_batches(n: int = 2, B: int = 3, T: int = 8, *, vocab: int = 64, n_loss: i
 
 
 def run_notebook(stem: str, params: str = SMOKE, **parameters) -> Path:
-    """Execute notebooks/<stem>.ipynb with papermill; return the notebook's output folder.
+    """Execute notebooks/<stem>.ipynb with papermill (`stem` may name a subfolder: "next/08_...");
+    return the notebook's output folder.
 
     The executed copy goes to results/<run>/<stem>.ipynb, as `make all` writes it.
     """
@@ -44,13 +45,13 @@ def run_notebook(stem: str, params: str = SMOKE, **parameters) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(
         str(ROOT / "notebooks" / f"{stem}.ipynb"),
-        str(out_dir / f"{stem}.ipynb"),
+        str(out_dir / f"{Path(stem).name}.ipynb"),
         parameters={"params_path": params, **parameters},
         kernel_name="python3",
         cwd=str(ROOT),
         progress_bar=False,
     )
-    return out_dir / stem
+    return out_dir / Path(stem).name
 
 
 @pytest.fixture(scope="session")
