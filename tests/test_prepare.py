@@ -15,6 +15,9 @@ from mdlcap.study import prepare as PR
 def _params(**data):
     raw = {"data": {"seed": 0, "n_train": 24, "n_validation": 8, "n_test": 12, "n_calibration": 4,
                     "n_heldout": 4, "calibration_seq_len": 64, **data}}
+    if "finetune_tasks" in data:         # notebooks 07-08 name their task, which must be in the list
+        raw["joint"] = {"task": data["finetune_tasks"][0]}
+        raw["online"] = {"tasks": data["finetune_tasks"][:1]}
     return P.from_dict(raw, "<test prepare>")
 
 
@@ -86,7 +89,8 @@ def test_zeroshot_table_z_scores_and_verdict():
     lines = PR.zeroshot_verdict(acc)
     assert lines[0].startswith("VERDICT: 1/1 zero-shot stand-ins above chance (z > 2): rte; not: none")
     assert "mean acc - chance = +0.000; above chance: none" in lines[1]
-    hub = P.from_dict({"data": {"source": "hub", "finetune_tasks": ["cola"], "zeroshot_tasks": ["rte"]}}, "<hub>")
+    hub = P.from_dict({"data": {"source": "hub", "finetune_tasks": ["cola"], "zeroshot_tasks": ["rte"]},
+                       "joint": {"task": "cola"}, "online": {"tasks": ["cola"]}}, "<hub>")
     assert PR.zeroshot_verdict(PR.zeroshot_table(hub, _acc_tasks(), {"cola": 0.6})) == []
 
 
