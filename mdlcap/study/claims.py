@@ -329,33 +329,34 @@ CLAIMS += [
 NB07 = "07_joint_and_psi"
 
 
-def _nb07_tasks(r: Path, comparison: str, metric: str) -> list[str]:
-    """The tasks (the joint task; the pruners) of `comparison` / `metric` in notebook 07's intervals."""
+def _interval_tasks(r: Path, notebook: str, comparison: str, metric: str) -> list[str]:
+    """The tasks (a fine-tune task; the pruners) of `comparison` / `metric` in a notebook's intervals."""
     from mdlcap.study.claim_verdicts import INTERVALS_FILE
-    p = r / NB07 / INTERVALS_FILE
+    p = r / notebook / INTERVALS_FILE
     if not p.exists():
         return []
     t = pd.read_csv(p)
     return [str(x) for x in t[(t.comparison == comparison) & (t.metric == metric)].task]
 
 
-def _nb07_claim(comparison: str, metric: str, lower_is_better: bool = False):
+def _future_claim(notebook: str, comparison: str, metric: str, lower_is_better: bool = False):
+    """A row of the paper's future work (no paper number): one interval per task, combined."""
     def check(r: Path) -> ClaimResult:
-        tasks = _nb07_tasks(r, comparison, metric)
+        tasks = _interval_tasks(r, notebook, comparison, metric)
         if not tasks:            # from_interval says why (no file, or no such row)
-            return from_interval(r, NB07, comparison, "-", metric, claim=None)
-        return combine({t: from_interval(r, NB07, comparison, t, metric, claim=None, lower_is_better=lower_is_better)
-                        for t in tasks})
+            return from_interval(r, notebook, comparison, "-", metric, claim=None)
+        return combine({t: from_interval(r, notebook, comparison, t, metric, claim=None,
+                                         lower_is_better=lower_is_better) for t in tasks})
     return check
 
 
 CLAIMS += [
     Claim("Beyond the paper: one program that allocates and prunes beats Algorithm 2 then Algorithm 1 at equal "
           "description length (test accuracy)", "Appendix G ii (future work)", "no number (future work)",
-          _nb07_claim("joint - separate", "accuracy_points")),
+          _future_claim(NB07, "joint - separate", "accuracy_points")),
     Claim("Beyond the paper: ψ calibrated per pruner gives lower held-out perplexity than ψ = ρ² at equal sparsity",
           "Appendix F, G i (future work)", "no number (future work)",
-          _nb07_claim("psi_calibrated - psi_rho2", "rel_ppl", lower_is_better=True)),
+          _future_claim(NB07, "psi_calibrated - psi_rho2", "rel_ppl", lower_is_better=True)),
 ]
 
 
@@ -363,24 +364,11 @@ CLAIMS += [
 NB08 = "08_online_scores"
 
 
-def _nb08_claim(comparison: str, metric: str, lower_is_better: bool = False):
-    def check(r: Path) -> ClaimResult:
-        from mdlcap.study.claim_verdicts import INTERVALS_FILE
-        p = r / NB08 / INTERVALS_FILE
-        t = pd.read_csv(p) if p.exists() else None
-        tasks = [] if t is None else [str(x) for x in t[(t.comparison == comparison) & (t.metric == metric)].task]
-        if not tasks:            # from_interval says why (no file, or no such row)
-            return from_interval(r, NB08, comparison, "-", metric, claim=None)
-        return combine({k: from_interval(r, NB08, comparison, k, metric, claim=None, lower_is_better=lower_is_better)
-                        for k in tasks})
-    return check
-
-
 CLAIMS += [
     Claim("Beyond the paper: online MDL ranks beat AdaLoRA at equal final rank budget (test accuracy)",
           "Appendix G iii (future work)", "no number (future work)",
-          _nb08_claim("online_mdl - adalora", "accuracy_points")),
+          _future_claim(NB08, "online_mdl - adalora", "accuracy_points")),
     Claim("Beyond the paper: online MDL ranks give a lower held-out loss than AdaLoRA at equal final rank budget",
           "Appendix G iii (future work)", "no number (future work)",
-          _nb08_claim("online_mdl - adalora", "heldout_loss", lower_is_better=True)),
+          _future_claim(NB08, "online_mdl - adalora", "heldout_loss", lower_is_better=True)),
 ]
