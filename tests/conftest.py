@@ -34,7 +34,7 @@ def lm_batches(n: int = 2, B: int = 3, T: int = 8, *, vocab: int = 64, n_loss: i
 
 
 def run_notebook(stem: str, params: str = SMOKE, **parameters) -> Path:
-    """Execute notebooks/<stem>.ipynb with papermill (`stem` may name a subfolder: "next/08_...");
+    """Execute notebooks/<stem>.ipynb with papermill;
     return the notebook's output folder.
 
     The executed copy goes to results/<run>/<stem>.ipynb, as `make all` writes it.

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.notebook
 @pytest.fixture(scope="module")
 def out(smoke_prepared):
     t0 = time.time()
-    path = run_notebook("next/08_online_scores")      # not in make all yet: notebooks/next/
+    path = run_notebook("08_online_scores")
     return path, time.time() - t0
 
 

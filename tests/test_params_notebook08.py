@@ -9,7 +9,7 @@ from mdlcap.study.params_notebook08 import ONLINE_METHODS
 
 
 def test_defaults_and_smoke_section():
-    tiny = P.load("params/tiny.yaml")                      # no online section: the defaults validate
+    tiny = P.load("params/tiny.yaml")                      # its online section validates
     assert tiny.online.methods == list(ONLINE_METHODS) and tiny.online.target_rank <= tiny.online.r_max
     smoke = P.load("params/smoke.yaml")
     assert (smoke.online.r_max, smoke.online.target_rank, smoke.online.surrogate) == (4, 2, "grad_norm")
@@ -42,3 +42,14 @@ def test_unknown_online_key_is_named(tmp_path):
     f.write_text("online:\n  budget: 32\n")
     with pytest.raises(P.ParamsError, match=r"'online.budget'"):
         P.load(f)
+
+
+def test_task_defaults_follow_notebook_03s_tasks():
+    """Unset, notebook 07's task and notebook 08's tasks follow allocation.tasks (else the fine-tune
+    tasks), so a params file with any task list loads without naming them (it failed before)."""
+    p = P.from_dict({"data": {"finetune_tasks": ["cola", "obqa"]}})
+    assert (p.joint.task, p.online.tasks) == ("cola", ["cola", "obqa"])
+    p = P.from_dict({"data": {"finetune_tasks": ["cola", "obqa"]}, "allocation": {"tasks": ["obqa"]}})
+    assert (p.joint.task, p.online.tasks) == ("obqa", ["obqa"])
+    p = P.from_dict({"data": {"finetune_tasks": ["cola", "obqa"]}, "joint": {"task": "obqa"}})
+    assert p.joint.task == "obqa"                          # a named task is kept

@@ -15,9 +15,6 @@ from mdlcap.study import prepare as PR
 def _params(**data):
     raw = {"data": {"seed": 0, "n_train": 24, "n_validation": 8, "n_test": 12, "n_calibration": 4,
                     "n_heldout": 4, "calibration_seq_len": 64, **data}}
-    if "finetune_tasks" in data:         # notebooks 07-08 name their task, which must be in the list
-        raw["joint"] = {"task": data["finetune_tasks"][0]}
-        raw["online"] = {"tasks": data["finetune_tasks"][:1]}
     return P.from_dict(raw, "<test prepare>")
 
 

@@ -355,6 +355,8 @@ def from_dict(raw: dict, source: str = "<dict>") -> Params:
     p.source = source
     if not p.run.name:
         p.run.name = Path(source).stem if source != "<dict>" else "run"
+    params_notebook07.resolve(p)
+    params_notebook08.resolve(p)
     _check_values(p, source)
     return p
 

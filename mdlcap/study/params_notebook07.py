@@ -13,7 +13,8 @@ def _pruners() -> list[str]:
 @dataclass
 class JointParams:
     """Notebook 07 §1: one description-length budget for pruning and experts (study.joint_program)."""
-    task: str = "sciq"                   # the fine-tune task (one of allocation.tasks' kind: above chance, below the ceiling)
+    task: str | None = None              # the fine-tune task (above chance, below the ceiling); None: the first
+                                         # of allocation.tasks (or of data.finetune_tasks), see `resolve`
     score_method: str = "cg_ggn"         # q of every plan: this scores.csv method on `task`
     pruner: str = "wanda"
     rho_max: float = 0.7                 # box of the joint and the separate Algorithm 2 (0.51 leaves no room to move)
@@ -31,6 +32,13 @@ class PsiParams:
     grid: list[float] = field(default_factory=lambda: [0.2, 0.35, 0.5, 0.6, 0.7, 0.8])   # ρ of the layer-alone curves
     rho_max: float = 0.8                 # box of every calibrated and ρ² program
     score_method: str = "cg_ggn"         # q of the ρ² program and LayerIF's map (score source: pruning's calibration)
+
+
+def resolve(p) -> None:
+    """Fill the defaults that follow other sections: `joint.task` None becomes the first task notebook
+    03 fine-tunes on, so a params file with any task list loads without naming notebook 07's task."""
+    if p.joint.task is None:
+        p.joint.task = (p.allocation.tasks or p.data.finetune_tasks)[0]
 
 
 def check_values(p, need, known, score_methods) -> None:

@@ -18,7 +18,7 @@ ONLINE_METHODS = ("uniform", "static_mdl", "adalora", "online_mdl")   # notebook
 class OnlineParams:
     """Notebook 08: uniform LoRA, static MDL ranks (ζ² at step 0), AdaLoRA and online MDL ranks at one
     final total rank and one step count (interventions.online_ranks, interventions.adalora)."""
-    tasks: list[str] = field(default_factory=lambda: ["sciq"])
+    tasks: list[str] | None = None       # None: notebook 03's tasks (allocation.tasks, else data.finetune_tasks)
     methods: list[str] = field(default_factory=lambda: list(ONLINE_METHODS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     r_max: int = 8                       # every layer's starting rank (online MDL; AdaLoRA's init_r)
@@ -32,6 +32,13 @@ class OnlineParams:
     delta_t: float = 0.1                 # between updates (AdaLoRA's deltaT)
     t_final: float = 0.8                 # the final allocation; fixed after (AdaLoRA: tfinal = 1 − this)
     orth_reg_weight: float = 0.5         # AdaLoRA's orthogonality penalty (peft's default)
+
+
+def resolve(p) -> None:
+    """Fill the defaults that follow other sections: `online.tasks` None becomes notebook 03's tasks,
+    so a params file with any task list loads without naming notebook 08's tasks."""
+    if p.online.tasks is None:
+        p.online.tasks = list(p.allocation.tasks or p.data.finetune_tasks)
 
 
 def check_values(p, need) -> None:

@@ -60,6 +60,7 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "05_transfer_regret": ("00_prepare", "02_curvature_scores"),
     "06_precision_allocation": (),
     "07_joint_and_psi": ("00_prepare", "02_curvature_scores"),
+    "08_online_scores": ("00_prepare",),
 }
 
 # Modules that cannot change a number a notebook writes (this one only hashes files); kept out of
