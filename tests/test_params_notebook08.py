@@ -14,6 +14,8 @@ def test_defaults_and_smoke_section():
     smoke = P.load("params/smoke.yaml")
     assert (smoke.online.r_max, smoke.online.target_rank, smoke.online.surrogate) == (4, 2, "grad_norm")
     assert smoke.online.tasks == ["csqa"] and smoke.online.seeds == [0, 1]
+    assert tiny.online.tuning_seed not in tiny.online.seeds and len(tiny.online.lr_grid["adalora"]) >= 2
+    assert P.from_dict({}).online.lr_grid == {}            # by default every method trains at allocation.lr
 
 
 @pytest.mark.parametrize("text, key", [
@@ -29,6 +31,13 @@ def test_defaults_and_smoke_section():
     ("online:\n  seeds: []\n", "online.seeds"),
     ("online:\n  scoring_batches: 0\n", "online.scoring_batches"),
     ("online:\n  orth_reg_weight: -1.0\n", "online.orth_reg_weight"),
+    ("online:\n  lr_grid:\n    lora_ga: [1.0e-3]\n", "online.lr_grid"),
+    ("online:\n  methods: [uniform]\n  lr_grid:\n    adalora: [1.0e-3]\n", "online.lr_grid"),
+    ("online:\n  lr_grid:\n    adalora: []\n", "online.lr_grid"),
+    ("online:\n  lr_grid:\n    adalora: [1.0e-3, 1.0e-3]\n", "online.lr_grid"),
+    ("online:\n  lr_grid:\n    adalora: [-1.0e-3]\n", "online.lr_grid"),
+    ("online:\n  seeds: [0, 1]\n  tuning_seed: 1\n", "online.tuning_seed"),
+    ("allocation:\n  validation_every: 0\nonline:\n  lr_grid:\n    adalora: [1.0e-3, 3.0e-3]\n", "online.lr_grid"),
 ])
 def test_value_rules_name_the_key(tmp_path, text, key):
     f = tmp_path / "bad.yaml"

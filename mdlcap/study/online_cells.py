@@ -2,6 +2,7 @@
 paper Appendix G iii). Four rank methods at one final total rank and one step count:
 
     recs = online_cells(params, base=model, tok=tok, workers=2)   # one cached record per (task, method, seed)
+    lr_table(tuning_cells(params))                                # the tuned methods' candidate lrs (cache hits)
     res = results_table(recs)                                     # accuracy, held-out loss, final budget, passes
     iv = online_intervals(res)                                    # paired 95 % intervals of COMPARISONS
     rank_table(recs); drift_table(recs); loss_table(recs); overhead_table(recs); verdict_lines(iv, ...)
@@ -12,7 +13,9 @@ paper Appendix G iii). Four rank methods at one final total rank and one step co
   online_mdl  LoRA at r_max with rank masks, ζ² rescored and the program re-solved on the schedule
               (`interventions.online_ranks.OnlineRanks`).
 All share the schedule (`RankSchedule` from the online.t_* fractions of the cell's steps), the
-training recipe of `allocation` (lr, epochs, batches, seed: adapter init and batch order), the
+training recipe of `allocation` (epochs, batches, seed: adapter init and batch order; the lr too,
+except for a method `online.lr_grid` tunes: its lr is chosen per task on `online.tuning_seed` by
+the final held-out loss, `lr_selection`, see `mdlcap.study.params_notebook08`), the
 held-out loss (`finetune.task_validation`; AdaLoRA's orthogonality penalty off) and the lm-eval
 test split. The budget Σ_modules rank = target_rank × L × (modules per layer) is the same final
 total for every method. Ranks are reported per module (a layer's AdaLoRA rank is its modules' mean).
@@ -25,7 +28,7 @@ from __future__ import annotations
 import copy
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
@@ -40,13 +43,21 @@ COMPARISONS = (("adalora", "online_mdl"), ("static_mdl", "online_mdl"), ("unifor
 UNIT = {"accuracy_points": "points", "heldout_loss": "nats"}
 
 
-def cell_spec(params, task: str, method: str, seed: int) -> dict:
-    """The cache spec of one record: the base fine-tuning spec, the method and the online section
-    (its task, method and seed lists excluded: they choose cells, not a cell's result)."""
+def cell_spec(params, task: str, method: str, seed: int, lr: float | None = None) -> dict:
+    """The cache spec of one record: the base fine-tuning spec (at `lr`, None: allocation.lr), the
+    method and the online section (its task, method and seed lists and its lr grid excluded: they
+    choose cells, not a cell's result; the cell's own lr is in the base spec)."""
     o = asdict(params.online)
-    for k in ("tasks", "methods", "seeds"):
+    for k in ("tasks", "methods", "seeds", "lr_grid", "tuning_seed"):
         o.pop(k)
-    return {**ft.cell_spec(params, task, seed), "method": method, "online": o}
+    return {**ft.cell_spec(_at_lr(params, lr), task, seed), "method": method, "online": o}
+
+
+def _at_lr(params, lr: float | None):
+    """`params` with allocation.lr = lr (a copy; `params` itself when lr is None or equal)."""
+    if lr is None or float(lr) == params.allocation.lr:
+        return params
+    return replace(params, allocation=replace(params.allocation, lr=float(lr)))
 
 
 def _lora(base, ranks, params):
@@ -58,8 +69,9 @@ def _lora(base, ranks, params):
                                                            alpha_ratio=a.lora_alpha / a.lora_r))
 
 
-def run_online_cell(base, tok, params, task: str, method: str, seed: int, batches=None) -> dict:
-    """Fine-tune a copy of `base` on `task` with one rank method (module docstring) and evaluate it:
+def run_online_cell(base, tok, params, task: str, method: str, seed: int, batches=None, lr: float | None = None) -> dict:
+    """Fine-tune a copy of `base` on `task` with one rank method (module docstring) at `lr` (None:
+    allocation.lr) and evaluate it:
     accuracy and per-item correctness on the test split, held-out loss along training and at the
     end, per-layer ranks (per module) at every schedule step, OnlineRanks' trajectory and passes."""
     import torch
@@ -103,7 +115,7 @@ def run_online_cell(base, tok, params, task: str, method: str, seed: int, batche
     else:
         raise ValueError(f"method: must be one of uniform, static_mdl, adalora, online_mdl, got {method!r}")
     callback = online if method == "online_mdl" else ada.AdaLoraStep(model, sched) if method == "adalora" else None
-    losses = ft.finetune(model, batches, epochs=epochs, lr=a.lr, seed=seed, warmup_ratio=a.warmup_ratio,
+    losses = ft.finetune(model, batches, epochs=epochs, lr=a.lr if lr is None else float(lr), seed=seed, warmup_ratio=a.warmup_ratio,
                          progress=False, validation=held, callback=callback)
     t1 = time.time()
     if method == "adalora":
@@ -133,53 +145,155 @@ def run_online_cell(base, tok, params, task: str, method: str, seed: int, batche
             **passes, "train_seconds": round(t1 - t0, 3), "eval_seconds": round(time.time() - t1, 3)}
 
 
-def cached_online_cell(base, tok, params, task: str, method: str, seed: int, batches=None) -> dict:
-    """`run_online_cell` through the one cache (namespace "online"); adds "cached"."""
+def cached_online_cell(base, tok, params, task: str, method: str, seed: int, batches=None,
+                       lr: float | None = None) -> dict:
+    """`run_online_cell` through the one cache (namespace "online"); adds "cached" and "lr"."""
     fresh = []
 
     def compute():
         fresh.append(True)
-        return run_online_cell(base, tok, params, task, method, seed, batches)
+        return run_online_cell(base, tok, params, task, method, seed, batches, lr)
 
-    rec = cache.cached("online", cell_spec(params, task, method, seed), compute, prefix=f"{task}_{method}_")
-    return {**rec, "cached": not fresh}
+    rec = cache.cached("online", cell_spec(params, task, method, seed, lr), compute, prefix=f"{task}_{method}_")
+    return {**rec, "cached": not fresh, "lr": params.allocation.lr if lr is None else float(lr)}
 
 
-def _job(job: tuple[str, str, int]) -> dict:
+def _job(job: tuple[str, str, int, float]) -> dict:
     from mdlcap.study.cells import worker_state
     w = worker_state()
     task = job[0]
     if task not in w["batches"]:
         w["batches"][task] = ft.task_train_batches(w["params"], w["tok"], task)
-    return cached_online_cell(w["base"], w["tok"], w["params"], *job, batches=w["batches"][task])
+    return cached_online_cell(w["base"], w["tok"], w["params"], *job[:3], batches=w["batches"][task], lr=job[3])
 
 
-def online_cells(params, *, base=None, tok=None, workers: int = 1) -> list[dict]:
-    """Every (task, method, seed) of the online section, in that order, through the cache;
-    `workers` > 1 spawn processes of one torch thread (`study.cells.init_worker`)."""
+# --------------------------------------------------------------------------- learning rates
+def tuned_methods(params) -> list[str]:
+    """The methods whose lr is chosen among several candidates (online.lr_grid, > 1 entry)."""
+    o = params.online
+    return [m for m in o.methods if len(o.lr_grid.get(m, ())) > 1]
+
+
+def fixed_lr(params, method: str) -> float:
+    """The lr of an untuned method: its single lr_grid entry, else allocation.lr."""
+    grid = params.online.lr_grid.get(method, ())
+    if len(grid) > 1:
+        raise ValueError(f"method: {method!r} has {len(grid)} candidate lrs (online.lr_grid): its lr is chosen "
+                         "by lr_selection")
+    return float(grid[0]) if grid else params.allocation.lr
+
+
+def tuning_jobs(params) -> list[tuple[str, str, int, float]]:
+    """(task, method, online.tuning_seed, lr) for every tuned method's candidate lr on every task."""
+    o = params.online
+    return [(t, m, int(o.tuning_seed), float(lr)) for t in o.tasks for m in tuned_methods(params)
+            for lr in o.lr_grid[m]]
+
+
+def lr_selection(tuning: list[dict]) -> dict[tuple[str, str], float]:
+    """Per (task, method), the candidate lr with the lowest final held-out loss on the tuning seed
+    (ties: the smaller lr). The held-out loss is the validation split's, the accuracy verdicts read
+    the test split; a candidate that diverged (non-finite loss) is never chosen."""
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    for r in tuning:
+        loss = float(r["heldout_loss"])
+        if not np.isfinite(loss):
+            continue
+        k, cand = (r["task"], r["method"]), (loss, float(r["lr"]))
+        best[k] = min(best.get(k, cand), cand)
+    missing = {(r["task"], r["method"]) for r in tuning} - set(best)
+    if missing:
+        raise ValueError(f"tuning: no candidate lr of {sorted(missing)} reached a finite held-out loss")
+    return {k: lr for k, (_, lr) in best.items()}
+
+
+def lr_table(tuning: list[dict]) -> pd.DataFrame:
+    """task, method, lr, final held-out loss, test accuracy and whether lr_selection chose it."""
+    chosen = lr_selection(tuning)
+    return pd.DataFrame([{"task": r["task"], "method": r["method"], "seed": r["seed"], "lr": r["lr"],
+                          "heldout_loss": r["heldout_loss"], "accuracy": r["accuracy"],
+                          "chosen": chosen[(r["task"], r["method"])] == r["lr"]} for r in tuning],
+                        columns=["task", "method", "seed", "lr", "heldout_loss", "accuracy", "chosen"])
+
+
+# --------------------------------------------------------------------------- running the cells
+def _execute(params, base, tok, workers: int, jobs: list, then) -> dict:
+    """Run `jobs` (task, method, seed, lr) through the cache; `then(job, rec)` returns jobs that may
+    start once `job` is done (the tuned methods' cells wait for their lr). {job: record}."""
     from tqdm.auto import tqdm
 
     from mdlcap.study.cells import init_worker
-    o = params.online
-    jobs = [(t, m, int(s)) for t in o.tasks for m in o.methods for s in o.seeds]
-    bar = tqdm(total=len(jobs), desc="online cells")
     out: dict = {}
+    bar = tqdm(total=len(jobs), desc="online cells")
     if workers <= 1:
-        batches = {t: ft.task_train_batches(params, tok, t) for t in o.tasks}
-        for j in jobs:
-            out[j] = cached_online_cell(base, tok, params, *j, batches=batches[j[0]])
+        batches: dict = {}
+        queue = list(jobs)
+        while queue:
+            j = queue.pop(0)
+            if j[0] not in batches:
+                batches[j[0]] = ft.task_train_batches(params, tok, j[0])
+            out[j] = cached_online_cell(base, tok, params, *j[:3], batches=batches[j[0]], lr=j[3])
+            more = then(j, out[j])
+            bar.total += len(more)
+            queue += more
             bar.update(1)
     else:
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=init_worker,
                                  initargs=(params, 1)) as pool:
-            futures = {pool.submit(_job, j): j for j in jobs}
-            for f in as_completed(futures):
-                out[futures[f]] = f.result()
-                bar.update(1)
+            running = {pool.submit(_job, j): j for j in jobs}
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    j = running.pop(f)
+                    out[j] = f.result()
+                    more = then(j, out[j])
+                    bar.total += len(more)
+                    running.update({pool.submit(_job, k): k for k in more})
+                    bar.update(1)
     bar.close()
-    return [out[j] for j in jobs]
+    return out
+
+
+def online_cells(params, *, base=None, tok=None, workers: int = 1) -> list[dict]:
+    """Every (task, method, seed) of the online section, in that order, through the cache, each
+    with its "lr". A tuned method's candidates run first on online.tuning_seed (`tuning_jobs`),
+    alongside the untuned methods' cells; its compared cells start at the lr `lr_selection` chose
+    once its task's candidates are done. `workers` > 1: spawn processes of one torch thread
+    (`study.cells.init_worker`). The candidates' records: `tuning_cells` (from the cache)."""
+    o = params.online
+    tuned = set(tuned_methods(params))
+    compared = [(t, m, int(s)) for t in o.tasks for m in o.methods for s in o.seeds]
+    tune = tuning_jobs(params)
+    tune_set = set(tune)
+    waiting = {(t, m): [c for c in compared if c[:2] == (t, m)] for t in o.tasks for m in tuned}
+    left = {k: sum(1 for j in tune if j[:2] == k) for k in waiting}
+    done_tuning: dict = {k: [] for k in waiting}
+    start = tune + [(*c, fixed_lr(params, c[1])) for c in compared if c[1] not in tuned]
+    lrs: dict = {}
+
+    def then(job, rec):
+        if job not in tune_set:
+            return []
+        k = job[:2]
+        done_tuning[k].append(rec)
+        left[k] -= 1
+        if left[k]:
+            return []
+        lrs[k] = lr_selection(done_tuning[k])[k]
+        return [(*c, lrs[k]) for c in waiting[k]]
+
+    out = _execute(params, base, tok, workers, start, then)
+    by_cell = {j[:3]: rec for j, rec in out.items() if j not in tune_set}
+    return [by_cell[c] for c in compared]
+
+
+def tuning_cells(params, *, base=None, tok=None, workers: int = 1) -> list[dict]:
+    """The tuned methods' candidate-lr records (`tuning_jobs`), through the cache: after
+    `online_cells` these are cache hits (no model needed)."""
+    out = _execute(params, base, tok, workers, tuning_jobs(params), lambda j, r: [])
+    return [out[j] for j in tuning_jobs(params)]
 
 
 # --------------------------------------------------------------------------- tables
@@ -271,3 +385,51 @@ def verdict_lines(iv: pd.DataFrame, drift: pd.DataFrame | None = None, overhead:
                   f"({r.extra_passes_per_step:.3f} per step), penalty {r.penalty_pass_fraction_per_step:.2e} of a pass "
                   f"per step, {r.train_seconds:.1f} s training" for r in overhead.itertuples(index=False)]
     return lines
+
+
+def meaning_lines(iv: pd.DataFrame, drift: pd.DataFrame | None = None, lrs: pd.DataFrame | None = None) -> list[str]:
+    """Notebook 08's "What it means", read from the numbers: per task and comparison, which method
+    each interval favours (accuracy: higher is better; held-out loss: lower is better) or that the
+    design could not tell them apart (with its MDE: not evidence of equivalence); whether the
+    held-out loss resolves what the accuracy cannot; what the drift and the regret of the step-0
+    ranks say about re-solving online; and the lrs `lr_selection` chose (`lr_table`)."""
+    out = []
+    for r in iv.itertuples(index=False):
+        other, base = (x.strip() for x in r.comparison.split(" - "))
+        loss = r.metric == "heldout_loss"
+        unit, fmt = ("nats", "{:+.3f}") if loss else ("points", "{:+.1f}")
+        ci = f"{fmt.format(r.diff)} {unit} [{fmt.format(r.ci_low)}, {fmt.format(r.ci_high)}]"
+        what = "held-out loss" if loss else "test accuracy"
+        if r.verdict == "no resolvable difference":
+            out.append(f"{r.task}, {what}: {other} and {base} cannot be told apart ({ci}); a true difference below "
+                       f"the design's MDE of {r.mde:.3g} {unit} was out of its reach, so this is not evidence that "
+                       "they are equal.")
+        elif r.verdict in ("positive", "negative"):
+            better = other if (r.verdict == "negative") == loss else base
+            worse = base if better == other else other
+            out.append(f"{r.task}, {what}: {better} beats {worse} ({other} − {base} = {ci}; the interval excludes 0).")
+        else:
+            out.append(f"{r.task}, {what}: {r.comparison} = {ci}: {r.verdict}.")
+    for (task, comp), g in iv.groupby(["task", "comparison"], sort=False):
+        v = dict(zip(g.metric, g.verdict))
+        if v.get("accuracy_points") == "no resolvable difference" and v.get("heldout_loss") in ("positive", "negative"):
+            n = int(g[g.metric == "accuracy_points"].n_items.iloc[0])
+            out.append(f"{task}, {comp}: the held-out loss separates what {n} test items per seed cannot: the loss "
+                       "is the finer measurement, the accuracy the one a user sees.")
+    if drift is not None and len(drift):
+        u = drift[drift.step > 0]
+        if len(u):
+            share = float((u.regret / u.bound.where(u.bound > 0)).max())
+            out.append(f"The scores drift by at most {u.drift.max():.3g} (‖q(t) − q(0)‖₂) while the adapters learn; "
+                       f"keeping the step-0 ranks costs at most {u.regret.max():.3g} in the program's objective, "
+                       f"at worst {share:.2g} of Theorem 4's bound"
+                       + (" (the bound holds at every update)." if (u.regret <= u.bound + 1e-9).all()
+                          else " (the bound is VIOLATED at some update)."))
+    if lrs is not None and len(lrs):
+        for (task, m), g in lrs.groupby(["task", "method"], sort=False):
+            lr = float(g[g.chosen].lr.iloc[0])
+            out.append(f"{task}, {m} trains at lr {lr:g}, the best final held-out loss of "
+                       f"{sorted(float(x) for x in g.lr)} on seed {int(g.seed.iloc[0])} (outside the compared seeds)"
+                       + ("; the largest candidate won, so a larger lr might do better still." if lr == g.lr.max()
+                          and len(g) > 1 else "."))
+    return out

@@ -2,6 +2,14 @@
 AdaLoRA, METHOD.md §7, Appendix G iii), kept beside `mdlcap.study.params`, which holds the schema
 and the loader and reads this section and its value rules from here.
 
+Learning rates. Every method trains at `allocation.lr` unless `lr_grid` names it: then its lr is
+the candidate with the lowest final held-out (validation) loss on `tuning_seed`, a seed outside
+the compared ones, per task (`mdlcap.study.online_cells.lr_selection`). The default grid tunes
+AdaLoRA alone: its factorisation P diag(E) Q starts from E = 0 and P, Q ~ N(0, 0.02²), so at
+LoRA's Adam lr its update ΔW grows far more slowly than LoRA's B A (A at Kaiming scale), and its
+authors choose its lr per task (their GLUE scripts: 5e-4 to 1.2e-3 over thousands of steps). The
+LoRA methods keep the lr notebook 03 chose for LoRA; tuning the baseline alone favours it.
+
 The budget is an average rank per decoder layer (`target_rank`), so the total Σ_k r_k =
 target_rank × L is a multiple of the layer count for any model (AdaLoRA's target_r is an integer
 average) and one file works for the default and the 7B models alike. The schedule is given as
@@ -32,6 +40,8 @@ class OnlineParams:
     delta_t: float = 0.1                 # between updates (AdaLoRA's deltaT)
     t_final: float = 0.8                 # the final allocation; fixed after (AdaLoRA: tfinal = 1 − this)
     orth_reg_weight: float = 0.5         # AdaLoRA's orthogonality penalty (peft's default)
+    lr_grid: dict[str, list[float]] = field(default_factory=dict)   # method -> candidate lrs (lr_selection)
+    tuning_seed: int = 1000              # the seed the lr candidates are trained on, outside `seeds`
 
 
 def resolve(p) -> None:
@@ -63,3 +73,10 @@ def check_values(p, need) -> None:
     need(0.0 <= o.t_init < o.t_final <= 1.0, "online.t_init", "must satisfy 0 <= t_init < t_final <= 1")
     need(0.0 < o.delta_t <= 1.0, "online.delta_t", "must lie in (0, 1]")
     need(o.orth_reg_weight >= 0, "online.orth_reg_weight", "must be >= 0")
+    need(set(o.lr_grid) <= set(o.methods), "online.lr_grid", f"its keys must be among online.methods {o.methods}")
+    need(all(v and len(set(v)) == len(v) and min(v) > 0 for v in o.lr_grid.values()), "online.lr_grid",
+         "every method's list must be non-empty, each lr > 0 and listed once")
+    need(o.tuning_seed not in o.seeds, "online.tuning_seed", "must not be one of online.seeds (the lr is chosen apart "
+         "from the seeds the comparison resamples)")
+    need(not any(len(v) > 1 for v in o.lr_grid.values()) or p.allocation.validation_every > 0, "online.lr_grid",
+         "choosing among several lrs reads the held-out loss: it needs allocation.validation_every > 0")
