@@ -140,6 +140,7 @@ def test_meaning_lines_read_the_direction_and_the_reach_of_each_interval():
     if ada.verdict == "no resolvable difference":
         assert any("cannot be told apart" in x and "MDE" in x for x in lines)
     assert any("Theorem 4's bound" in x and "holds" in x for x in lines)
-    assert any("adalora trains at lr 0.01" in x for x in lines)
+    assert any("adalora trains at lr 0.01" in x and "smaller lr" in x for x in lines)
+    assert any(x.startswith("Only adalora had its lr tuned") and "online_mdl" in x for x in lines)
     flipped = iv.assign(verdict=np.where(iv.metric == "heldout_loss", "positive", iv.verdict))
     assert any("uniform beats online_mdl" in x for x in oc.meaning_lines(flipped))

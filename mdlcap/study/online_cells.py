@@ -387,12 +387,14 @@ def verdict_lines(iv: pd.DataFrame, drift: pd.DataFrame | None = None, overhead:
     return lines
 
 
-def meaning_lines(iv: pd.DataFrame, drift: pd.DataFrame | None = None, lrs: pd.DataFrame | None = None) -> list[str]:
+def meaning_lines(iv: pd.DataFrame, drift: pd.DataFrame | None = None, lrs: pd.DataFrame | None = None,
+                  base_lr: float | None = None) -> list[str]:
     """Notebook 08's "What it means", read from the numbers: per task and comparison, which method
     each interval favours (accuracy: higher is better; held-out loss: lower is better) or that the
     design could not tell them apart (with its MDE: not evidence of equivalence); whether the
     held-out loss resolves what the accuracy cannot; what the drift and the regret of the step-0
-    ranks say about re-solving online; and the lrs `lr_selection` chose (`lr_table`)."""
+    ranks say about re-solving online; the lrs `lr_selection` chose (`lr_table`), whether the choice
+    sat at an edge of the grid, and which methods trained untuned at the recipe's `base_lr`."""
     out = []
     for r in iv.itertuples(index=False):
         other, base = (x.strip() for x in r.comparison.split(" - "))
@@ -431,5 +433,14 @@ def meaning_lines(iv: pd.DataFrame, drift: pd.DataFrame | None = None, lrs: pd.D
             out.append(f"{task}, {m} trains at lr {lr:g}, the best final held-out loss of "
                        f"{sorted(float(x) for x in g.lr)} on seed {int(g.seed.iloc[0])} (outside the compared seeds)"
                        + ("; the largest candidate won, so a larger lr might do better still." if lr == g.lr.max()
-                          and len(g) > 1 else "."))
+                          and len(g) > 1 else "; the smallest candidate won, so a smaller lr might do better still."
+                          if lr == g.lr.min() and len(g) > 1 else "."))
+        tuned = sorted(set(lrs.method))
+        compared = {x.strip() for c in iv.comparison for x in c.split(" - ")}
+        untuned = sorted(compared - set(tuned))
+        if untuned:
+            out.append(f"Only {', '.join(tuned)} had its lr tuned; {', '.join(untuned)} train at the recipe's lr"
+                       + (f" ({base_lr:g})" if base_lr is not None else "") + f". A difference in {', '.join(tuned)}'s "
+                       "favour may come from the tuning rather than the method: tuning every method on one grid is "
+                       "the fair test.")
     return out
