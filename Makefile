@@ -26,6 +26,12 @@ RUN      := $(basename $(notdir $(PARAMS)))
 OUTDIR   := results/$(RUN)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 NB_MANIFESTS := $(patsubst notebooks/%.ipynb,$(OUTDIR)/%/manifest.json,$(NOTEBOOKS))
+# make -j starts ready targets in the order `all` lists them: the longest chains first (00, 02, then
+# 07 and 08, 03), the short ones last, so both slots stay busy to the end. Order only: every
+# notebook still runs, and none reads another's outputs except through its manifest rule.
+NB_FIRST := 00 02 07 08 03
+NB_ORDER := $(foreach n,$(NB_FIRST),$(filter $(OUTDIR)/$(n)_%,$(NB_MANIFESTS))) \
+            $(filter-out $(foreach n,$(NB_FIRST),$(OUTDIR)/$(n)_%),$(NB_MANIFESTS))
 STAMP    := $(VENV)/.installed
 PIPE     := .cache/pipeline/$(RUN)
 REV      ?= HEAD
@@ -64,7 +70,7 @@ JOBS     ?= 2
 ifneq ($(filter all,$(or $(MAKECMDGOALS),all)),)
   MAKEFLAGS += --jobs=$(JOBS) --output-sync=line
 endif
-all: $(NB_MANIFESTS)
+all: $(NB_ORDER)
 
 # One notebook: its further prerequisites (sources, upstream manifests, stamp) are in graph.mk.
 $(NB_MANIFESTS): $(OUTDIR)/%/manifest.json: notebooks/%.ipynb $(PARAMS) | $(STAMP)

@@ -1,7 +1,7 @@
 """Calibrating Algorithm 2's degradation penalty per pruner: ψ_k(ρ) = a_k ρ^{p_k} instead of ψ = ρ².
 
     calib = calibration_bench(bench, params)           the same model, evaluated on the calibration texts
-    curves = layer_curves(calib, pruners, grid)         D_k(ρ): only layer k pruned to ρ, the rest dense
+    curves = layer_curves(calib, pruners, grid, workers=2)   D_k(ρ): only layer k pruned to ρ, the rest dense
     fits = fit_curves(curves)                           a_k, p_k, r² per (pruner, layer)
     vectors = ratio_vectors(fits, pruners, q, raw_score, outliers, sizes, target, pp, rho_max=...)
     results = evaluate_methods(bench, calib, vectors, dense_heldout, dense_calib, fits)
@@ -83,25 +83,70 @@ def _check_grid_pruners(grid, pruners) -> tuple[np.ndarray, list[str]]:
     return g, pr
 
 
-def layer_curves(bench: Bench, pruners: Sequence[str], grid: Sequence[float], *, progress: bool = True) -> pd.DataFrame:
+def layer_curves(bench: Bench, pruners: Sequence[str], grid: Sequence[float], *, progress: bool = True,
+                 workers: int = 1) -> pd.DataFrame:
     """D_k(ρ) for every pruner, layer k and ρ in `grid`: ratios zero except ρ at layer k, evaluated by
     `bench.run` (perplexity only). Columns pruner, layer, rho, measured (layer k's measured sparsity),
-    loss (mean window loss, nats), dense_loss (the dense model's), D = loss − dense_loss."""
+    loss (mean window loss, nats), dense_loss (the dense model's), D = loss − dense_loss.
+    `workers` > 1: the configurations run in that many spawn processes of one torch thread, each
+    holding a copy of `bench` (its model included); every result goes through the same cache entry
+    as in-process, so the table does not depend on `workers`."""
     from tqdm.auto import tqdm
 
     g, prs = _check_grid_pruners(grid, pruners)
+    if workers < 1:
+        raise ValueError(f"workers: must be >= 1, got {workers}")
     K = len(bench.sizes)
     dense_loss = mean_loss(bench.run(None, "dense", need_accuracy=False))
     configs = [(pr, k, float(rho)) for pr in prs for k in range(K) for rho in g]
+    bar = tqdm(total=len(configs), desc="layer curves", **({} if progress else {"disable": True}))
+    results: dict = {}
+    if workers == 1:
+        for c in configs:
+            results[c] = _curve_point(bench, c)
+            bar.update(1)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_curve_worker, initargs=(bench,)) as pool:
+            futures = {pool.submit(_curve_job, c): c for c in configs}
+            for f in as_completed(futures):
+                results[futures[f]] = f.result()
+                bar.update(1)
+    bar.close()
     rows = []
-    for pr, k, rho in tqdm(configs, desc="layer curves", **({} if progress else {"disable": True})):
-        r = np.zeros(K)
-        r[k] = rho
-        res = bench.run(r, pr, need_accuracy=False)
-        loss = mean_loss(res)
-        rows.append({"pruner": pr, "layer": k, "rho": rho, "measured": float(res["measured"][k]), "loss": loss,
+    for pr, k, rho in configs:
+        key, measured, loss = results[(pr, k, rho)]
+        bench.keys.add(key)
+        rows.append({"pruner": pr, "layer": k, "rho": rho, "measured": measured, "loss": loss,
                      "dense_loss": dense_loss, "D": loss - dense_loss})
     return pd.DataFrame(rows, columns=["pruner", "layer", "rho", "measured", "loss", "dense_loss", "D"])
+
+
+def _curve_point(bench: Bench, config: tuple[str, int, float]) -> tuple[str, float, float]:
+    """(cache key, layer k's measured sparsity, mean window loss) of one layer-alone pruning."""
+    pr, k, rho = config
+    r = np.zeros(len(bench.sizes))
+    r[k] = rho
+    res = bench.run(r, pr, need_accuracy=False)
+    return res["key"], float(res["measured"][k]), mean_loss(res)
+
+
+_CURVE_BENCH: list = []
+
+
+def _init_curve_worker(bench: Bench) -> None:
+    import os
+
+    import torch
+    torch.set_num_threads(1)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    _CURVE_BENCH[:] = [bench]
+
+
+def _curve_job(config: tuple[str, int, float]) -> tuple[str, float, float]:
+    return _curve_point(_CURVE_BENCH[0], config)
 
 
 def fit_curves(curves: pd.DataFrame) -> pd.DataFrame:
