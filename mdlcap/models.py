@@ -5,10 +5,11 @@ Shared helpers every experiment uses:
   load(params, device=None) (model, tokenizer) for the params' model: the embedded default
                             (built and cached by mdlcap.default.pretrain on first use) or a hub id/local dir
   resolve_path(params)      what `from_pretrained` is given for these params
+  model_identity(params)    what names those weights in a cache key (not a path: keys move with the cache)
   resolve_device(params)    params.run.device with "auto" resolved (cuda if available)
   decoder_layers(model)     the list of decoder layers of a HF decoder (Mistral, Gemma, Llama, ...)
   random_model(**config)    a randomly initialised small Mistral for tests (no download)
-  fingerprint_model(model)  short hash of the architecture and weights: the one model identity in cache keys
+  fingerprint_model(model)  short hash of the architecture and weights: the identity of a loaded model in keys
   fingerprint_batches(bs)   short hash of a list of batches (their tensors' shapes and values)
 """
 from __future__ import annotations
@@ -29,6 +30,16 @@ def resolve_path(params, progress: bool = True) -> str:
     if params.uses_default_model:
         from mdlcap.default import pretrain
         return str(pretrain.build(params, progress=progress))
+    return params.model.name_or_path
+
+
+def model_identity(params) -> str:
+    """What names the weights in a cache key, the same wherever the cache lives: the default
+    model's content key ("default:<key>", it is a function of its params) or the hub id / folder.
+    A path under the cache root would tie every key to one checkout's cache location."""
+    if params.uses_default_model:
+        from mdlcap.default import pretrain
+        return f"default:{pretrain.model_key(params)}"
     return params.model.name_or_path
 
 

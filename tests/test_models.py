@@ -142,3 +142,19 @@ def test_smoke_default_model_loads():
     assert tok.pad_token_id is not None and tok.eos_token_id is not None
     met = PT.metrics(p)
     assert met["key"] == PT.model_key(p) and met["heldout_loss"] > 0
+
+
+def test_model_identity_is_the_same_wherever_the_cache_lives(tmp_path, monkeypatch):
+    """Cell keys name the default model by its content key, not by its path under the cache root:
+    a cache copied to another checkout still hits, and nothing is built to compute a key."""
+    p = P.load("params/smoke.yaml")
+    monkeypatch.setenv("MDLCAP_CACHE", str(tmp_path / "a"))
+    a = M.model_identity(p)
+    monkeypatch.setenv("MDLCAP_CACHE", str(tmp_path / "b"))
+    assert M.model_identity(p) == a == f"default:{PT.model_key(p)}"
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()       # no build
+    q = P.load("params/smoke.yaml")
+    q.model.pretrain = dataclasses.replace(q.model.pretrain, steps=q.model.pretrain.steps + 1)
+    assert M.model_identity(q) != a
+    hub = P.load("params/mistral-7b.yaml")
+    assert M.model_identity(hub) == "mistralai/Mistral-7B-v0.1"

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from mdlcap import cache
 from mdlcap.default.data import data_key
 from mdlcap.interventions.moe import moe_aux_loss
-from mdlcap.models import resolve_path
+from mdlcap.models import model_identity
 from mdlcap.scores.autograd import mean_loss, progress_off
 
 PLATEAU_FRACTION = 0.25      # `late_improvement` asks what the last quarter of a loss curve added
@@ -289,7 +289,7 @@ def cell_spec(params, task: str, seed: int, counts=None, ranks=None, base_spec: 
     a["epochs"] = task_epochs(params, task)              # this task's own (other tasks' epochs do not count)
     # data_key, not just the params: it also follows the task generators' version, so cells
     # trained on data that a generator change replaced are not reused
-    return {"model": asdict(params.model), "model_path": resolve_path(params, progress=False),
+    return {"model": asdict(params.model), "model_path": model_identity(params),
             "data": asdict(params.data), "data_key": data_key(params), "alloc": a, "task": task,
             "seed": int(seed), "counts": None if counts is None else [int(c) for c in counts],
             "ranks": None if ranks is None else [int(r) for r in ranks],
