@@ -268,7 +268,7 @@ def online_cells(params, *, base=None, tok=None, workers: int = 1) -> list[dict]
     tune = tuning_jobs(params)
     tune_set = set(tune)
     waiting = {(t, m): [c for c in compared if c[:2] == (t, m)] for t in o.tasks for m in tuned}
-    left = {k: sum(1 for j in tune if j[:2] == k) for k in waiting}
+    n_candidates = {k: sum(1 for j in tune if j[:2] == k) for k in waiting}
     done_tuning: dict = {k: [] for k in waiting}
     start = tune + [(*c, fixed_lr(params, c[1])) for c in compared if c[1] not in tuned]
     lrs: dict = {}
@@ -278,8 +278,7 @@ def online_cells(params, *, base=None, tok=None, workers: int = 1) -> list[dict]
             return []
         k = job[:2]
         done_tuning[k].append(rec)
-        left[k] -= 1
-        if left[k]:
+        if len(done_tuning[k]) < n_candidates[k]:
             return []
         lrs[k] = lr_selection(done_tuning[k])[k]
         return [(*c, lrs[k]) for c in waiting[k]]
@@ -291,9 +290,13 @@ def online_cells(params, *, base=None, tok=None, workers: int = 1) -> list[dict]
 
 def tuning_cells(params, *, base=None, tok=None, workers: int = 1) -> list[dict]:
     """The tuned methods' candidate-lr records (`tuning_jobs`), through the cache: after
-    `online_cells` these are cache hits (no model needed)."""
-    out = _execute(params, base, tok, workers, tuning_jobs(params), lambda j, r: [])
-    return [out[j] for j in tuning_jobs(params)]
+    `online_cells` these are cache hits (no model, no batches needed); `workers` > 1 runs the
+    missing ones in that many processes."""
+    jobs = tuning_jobs(params)
+    if workers > 1:
+        out = _execute(params, base, tok, workers, jobs, lambda j, r: [])
+        return [out[j] for j in jobs]
+    return [cached_online_cell(base, tok, params, *j[:3], lr=j[3]) for j in jobs]
 
 
 # --------------------------------------------------------------------------- tables
