@@ -97,6 +97,8 @@ def test_zeroshot_power_table_and_check():
     big = I.zeroshot_power_table({f"t{k}": [1] * 179 + [0] * 179 for k in range(7)})   # n = 358
     assert I.zeroshot_power_ok(big) and I.zeroshot_power_ok(big, worst_case=True)
     assert "NOT met" in I.zeroshot_power_verdict(tab) and "met" in I.zeroshot_power_verdict(big)
+    swapped = I.zeroshot_power_table({"b": [1, 0], "a": [1, 1]})        # rows in name order, not arrival order
+    assert list(swapped.task) == ["a", "b", paper.AVERAGE_TASK]
     with pytest.raises(ValueError, match="Average"):
         I.zeroshot_power_ok(tab[tab.task != paper.AVERAGE_TASK])
     with pytest.raises(ValueError, match="items"):

@@ -206,13 +206,14 @@ def zeroshot_items_needed(n_tasks: int, max_se_points: float | None = None, p: f
 
 
 def zeroshot_power_table(items: dict[str, Sequence[int]]) -> pd.DataFrame:
-    """Per task: questions n, accuracy p, its binomial s.e. in points; then the AVERAGE_TASK row:
+    """Per task (in name order, whatever order `items` arrived in): questions n, accuracy p, its
+    binomial s.e. in points; then the AVERAGE_TASK row:
     total questions, mean accuracy and the s.e. of the task mean sqrt(Σ_t p_t(1−p_t)/n_t)/T, next
     to the worst-case (p = 0.5) s.e. at these n."""
     if not items:
         raise ValueError("items: must hold at least one task's per-item results")
     rows = []
-    for t, v in items.items():
+    for t, v in sorted(items.items()):
         a = np.asarray(v, float)
         if a.size == 0:
             raise ValueError(f"items: task '{t}' has no items")
