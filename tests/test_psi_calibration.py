@@ -4,6 +4,7 @@ held-out intervals and the additivity check."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -278,3 +279,38 @@ def test_uniform_sweep_adds_one_point_per_pruner_and_level(model, batches, monke
     assert (sw.measured_increase.iloc[1] > sw.measured_increase.iloc[0])
     with pytest.raises(ValueError, match="grid"):
         C.uniform_sweep(bench, dense, fits, ["magnitude"], [1.5])
+
+
+def test_layer_curves_in_worker_processes_equal_the_in_process_table(batches, tmp_path, monkeypatch):
+    """workers > 1 (spawn processes holding a copy of the bench) writes the same table as one
+    process, through the same cache entries: a rerun in-process evaluates nothing."""
+    from mdlcap.default.pretrain import train_tokenizer
+    texts = ["the quick brown fox jumps over the lazy dog and then sleeps in the sun " * 3] * 6
+    tok = train_tokenizer(texts, 300)
+    from mdlcap.models import random_model
+    m = random_model(seed=0, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok))
+    params = SimpleNamespace(pruning=PruningParams(sparsegpt_blocksize=16))
+    bench = S.Bench(m, tok, params, batches, texts, 16, None, P.layer_sizes(m), {"test": 2})
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                      # as the notebooks (and each worker): one float reduction order
+    monkeypatch.setenv("MDLCAP_CACHE", str(tmp_path / "one"))
+    try:
+        serial = C.layer_curves(bench, ["magnitude", "wanda"], [0.3, 0.6], progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setenv("MDLCAP_CACHE", str(tmp_path / "two"))
+    par_bench = dataclasses.replace(bench, keys=set())
+    dense = {k: v.clone() for k, v in m.state_dict().items()}
+    parallel = C.layer_curves(par_bench, ["magnitude", "wanda"], [0.3, 0.6], progress=False, workers=2)
+    pd.testing.assert_frame_equal(parallel, serial)
+    # the workers pruned copies: tensors a spawn pool sends share memory, so pruning the model that
+    # arrived would have written into this process's weights (and the other worker's) mid-run
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in dense.items())
+    assert len(par_bench.keys) == 1 + len(serial)                  # the dense model and every point
+    calls = []
+    monkeypatch.setattr(S, "evaluate", lambda *a, **k: calls.append(1))
+    assert C.layer_curves(par_bench, ["magnitude", "wanda"], [0.3, 0.6], progress=False).equals(parallel)
+    assert calls == []                                             # the workers' entries are the cache's
+    with pytest.raises(ValueError, match="^workers: "):
+        C.layer_curves(bench, ["magnitude"], [0.3], progress=False, workers=0)

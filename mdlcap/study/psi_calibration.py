@@ -89,8 +89,8 @@ def layer_curves(bench: Bench, pruners: Sequence[str], grid: Sequence[float], *,
     `bench.run` (perplexity only). Columns pruner, layer, rho, measured (layer k's measured sparsity),
     loss (mean window loss, nats), dense_loss (the dense model's), D = loss − dense_loss.
     `workers` > 1: the configurations run in that many spawn processes of one torch thread, each
-    holding a copy of `bench` (its model included); every result goes through the same cache entry
-    as in-process, so the table does not depend on `workers`."""
+    pruning its own deep copy of `bench.model` (`_init_curve_worker`); every result goes through the
+    same cache entry as in-process, so the table does not depend on `workers`."""
     from tqdm.auto import tqdm
 
     g, prs = _check_grid_pruners(grid, pruners)
@@ -137,12 +137,17 @@ _CURVE_BENCH: list = []
 
 
 def _init_curve_worker(bench: Bench) -> None:
+    """A worker's private bench. A spawn pool sends tensors through shared memory (torch's
+    multiprocessing reducers), so the `bench.model` that arrives here shares its weights with the
+    parent's and the other workers' models: pruning it in place would corrupt theirs. The worker
+    prunes a deep copy instead, and only reads the shared weights once, to copy them."""
+    import copy
     import os
 
     import torch
     torch.set_num_threads(1)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    _CURVE_BENCH[:] = [bench]
+    _CURVE_BENCH[:] = [dataclasses.replace(bench, model=copy.deepcopy(bench.model), keys=set())]
 
 
 def _curve_job(config: tuple[str, int, float]) -> tuple[str, float, float]:
