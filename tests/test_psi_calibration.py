@@ -10,9 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mdlcap.default import data
+from mdlcap.default.pretrain import train_tokenizer
 from mdlcap.interventions import pruning as P
+from mdlcap.models import random_model
 from mdlcap.study import pruning as S
 from mdlcap.study import psi_calibration as C
 from mdlcap.study.params import PruningParams
@@ -284,14 +287,11 @@ def test_uniform_sweep_adds_one_point_per_pruner_and_level(model, batches, monke
 def test_layer_curves_in_worker_processes_equal_the_in_process_table(batches, tmp_path, monkeypatch):
     """workers > 1 (spawn processes holding a copy of the bench) writes the same table as one
     process, through the same cache entries: a rerun in-process evaluates nothing."""
-    from mdlcap.default.pretrain import train_tokenizer
     texts = ["the quick brown fox jumps over the lazy dog and then sleeps in the sun " * 3] * 6
     tok = train_tokenizer(texts, 300)
-    from mdlcap.models import random_model
     m = random_model(seed=0, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok))
     params = SimpleNamespace(pruning=PruningParams(sparsegpt_blocksize=16))
     bench = S.Bench(m, tok, params, batches, texts, 16, None, P.layer_sizes(m), {"test": 2})
-    import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                      # as the notebooks (and each worker): one float reduction order
     monkeypatch.setenv("MDLCAP_CACHE", str(tmp_path / "one"))
