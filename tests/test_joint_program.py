@@ -93,5 +93,7 @@ def test_intervals_pair_seeds_and_items_and_read_the_direction():
     loss = iv[(iv.metric == "heldout_loss") & (iv.comparison == "joint - separate")].iloc[0]
     assert loss["diff"] == pytest.approx(-0.6) and loss.verdict == "negative"    # lower loss: joint better
     assert all(": " in x and "->" in x for x in jp.verdict_lines(iv))
+    with pytest.raises(ValueError, match="^results: comparisons"):
+        jp.joint_intervals(res[res.method != "uniform"], "sciq", n_resamples=99)
     s = jp.joint_summary(res)
     assert list(s.method) == list(jp.JOINT_METHODS) and (s.n_seeds == 5).all()

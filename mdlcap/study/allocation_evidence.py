@@ -121,6 +121,26 @@ def paired_points(results: pd.DataFrame, task: str, base: str, other: str, seeds
     return 100.0 * (b - a)
 
 
+def accuracy_and_loss_intervals(results: pd.DataFrame, task: str, comparisons, *,
+                                n_resamples: int = 4999) -> list[dict]:
+    """`interval_row`s of every (base, other) in `comparisons` present in `results` (one task; its
+    method, seed, items and heldout_loss columns): "other − base" in accuracy points over seeds and
+    test items, and in held-out loss over seeds (lower is better, so "negative" favours other). No
+    paper number: the verdict says whether the interval excludes 0 (notebooks 07 and 08)."""
+    seeds, methods = sorted(set(results.seed)), set(results.method)
+    loss = results.set_index(["method", "seed"])["heldout_loss"]
+    rows = []
+    for base, other in comparisons:
+        if base not in methods or other not in methods:
+            continue
+        name = f"{other} - {base}"
+        d = paired_points(results, task, base, other, seeds)
+        rows.append(interval_row(name, task, "accuracy_points", paired_interval(d, n_resamples=n_resamples), None))
+        dl = np.array([[loss[(other, s)] - loss[(base, s)]] for s in seeds])
+        rows.append(interval_row(name, task, "heldout_loss", paired_interval(dl, n_resamples=n_resamples), None))
+    return rows
+
+
 def paper_task_index(task: str, order) -> int | None:
     """Position of our `task` in the paper's Tables 4-5 columns (PAPER_TASKS, then the Average):
     tasks are matched by their position in `order` (the params' data.finetune_tasks: cola, mrpc,

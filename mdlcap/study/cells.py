@@ -17,11 +17,11 @@ state shared with the parent), each worker loading the base model once.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
 from mdlcap.interventions import finetune as ft
+from mdlcap.study.pool import check_workers, run_jobs
 
 
 @dataclass(frozen=True)
@@ -64,51 +64,42 @@ def pruned_base(params, base, tok, prune: tuple[str, tuple[float, ...]]):
     return model
 
 
-_WORKER: dict = {}
-
-
-def _init_worker(params, threads: int) -> None:
-    import torch
-
+def worker_state(params) -> dict:
+    """A worker's state (`study.pool.run_jobs`' setup for every pool of cells: notebook 03's and
+    07's here, notebook 08's online cells): params, the base model and tokenizer loaded once, and
+    empty caches of training batches per task and of the one pruned base."""
     from mdlcap import models
-    torch.set_num_threads(threads)
-    os.environ.setdefault("TQDM_DISABLE", "1")
+
     base, tok = models.load(params, device="cpu")
-    _WORKER.update(params=params, base=base, tok=tok, batches={}, bases={})
+    return {"params": params, "base": base, "tok": tok, "batches": {}, "bases": {}}
 
 
-def init_worker(params, threads: int) -> None:
-    """A worker process's initializer (spawn pools of other cell kinds, e.g. notebook 08's): one
-    torch thread count, the base model and tokenizer loaded once into `worker_state()`."""
-    _init_worker(params, threads)
+def task_batches(state: dict, task: str) -> list:
+    """`task`'s training batches, built once per worker (state["batches"])."""
+    if task not in state["batches"]:
+        state["batches"][task] = ft.task_train_batches(state["params"], state["tok"], task)
+    return state["batches"][task]
 
 
-def worker_state() -> dict:
-    """This worker process's params, base, tok and per-task batch cache (set by `init_worker`)."""
-    return _WORKER
-
-
-def _run(job: Job, params, base, tok, batches: dict, bases: dict, accelerator=None) -> dict:
-    """One job through `finetune.cached_cell`, its task's training batches built once in `batches`
-    and its pruned base (if any) in `bases`, which holds one pruned copy at a time (a 7B model
-    has room for one); a cached cell needs neither."""
+def _run(state: dict, job: Job) -> dict:
+    """One job through `finetune.cached_cell`; a cell not yet cached gets its task's training
+    batches (`task_batches`) and its pruned base (if any) in state["bases"], which holds one pruned
+    copy at a time (a 7B model has room for one). A cached cell needs neither."""
+    params, base = state["params"], state["base"]
     counts = None if job.counts is None else list(job.counts)
     ranks = None if job.ranks is None else list(job.ranks)
-    if job.task not in batches:
-        batches[job.task] = ft.task_train_batches(params, tok, job.task)
-    model = base
-    if job.prune is not None and not ft.cell_cached(params, job.task, job.seed, counts, ranks, job.base_spec(params)):
-        if job.prune not in bases:
-            bases.clear()
-            bases[job.prune] = pruned_base(params, base, tok, job.prune)
-        model = bases[job.prune]
-    return ft.cached_cell(model, tok, params, job.task, seed=job.seed, counts=counts, ranks=ranks,
-                          accelerator=accelerator, batches=batches[job.task], base_spec=job.base_spec(params))
-
-
-def _run_job(job: Job) -> dict:
-    w = _WORKER
-    return _run(job, w["params"], w["base"], w["tok"], w["batches"], w["bases"])
+    if ft.cell_cached(params, job.task, job.seed, counts, ranks, job.base_spec(params)):
+        model, batches = base, None
+    else:
+        model, batches = base, task_batches(state, job.task)
+        if job.prune is not None:
+            bases = state["bases"]
+            if job.prune not in bases:
+                bases.clear()
+                bases[job.prune] = pruned_base(params, base, state["tok"], job.prune)
+            model = bases[job.prune]
+    return ft.cached_cell(model, state["tok"], params, job.task, seed=job.seed, counts=counts, ranks=ranks,
+                          accelerator=state.get("accelerator"), batches=batches, base_spec=job.base_spec(params))
 
 
 def run_cells(params, jobs: Sequence[Job], *, workers: int = 1, base=None, tok=None, accelerator=None,
@@ -116,37 +107,17 @@ def run_cells(params, jobs: Sequence[Job], *, workers: int = 1, base=None, tok=N
     """{cache key: record} for every job (each distinct key run once), through the cache.
 
     workers = 1 runs in this process on `base`/`tok` (and `accelerator`: the GPU / multi-process
-    path); workers > 1 starts that many CPU processes of one torch thread each. A tqdm bar titled
-    `desc` counts finished cells (none if None)."""
-    from tqdm.auto import tqdm
-
-    if workers < 1:
-        raise ValueError(f"workers: must be >= 1, got {workers}")
+    path); workers > 1 starts that many CPU processes of one torch thread each (`study.pool`,
+    `worker_state`). A tqdm bar titled `desc` counts finished cells (none if None)."""
+    check_workers(workers)
     unique: dict[str, Job] = {}
     for j in jobs:
         unique.setdefault(j.key(params), j)
-    bar = None if desc is None else tqdm(total=len(unique), desc=desc)
-    out: dict[str, dict] = {}
+    state = None
     if workers == 1 or len(unique) <= 1:
         if base is None or tok is None:
             raise ValueError("base/tok: the in-process path (workers = 1) needs the base model and tokenizer")
-        batches: dict[str, list] = {}
-        bases: dict = {}
-        for key, j in unique.items():
-            out[key] = _run(j, params, base, tok, batches, bases, accelerator)
-            if bar is not None:
-                bar.update(1)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(params, 1)) as pool:
-            futures = {pool.submit(_run_job, j): key for key, j in unique.items()}
-            for f in as_completed(futures):
-                out[futures[f]] = f.result()
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
-    return out
+        state = {"params": params, "base": base, "tok": tok, "batches": {}, "bases": {}, "accelerator": accelerator}
+    out = run_jobs(_run, list(unique.values()), workers=1 if state is not None else workers, setup=worker_state,
+                   setup_args=(params,), state=state, desc=desc)
+    return {key: out[j] for key, j in unique.items()}

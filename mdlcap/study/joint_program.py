@@ -33,10 +33,10 @@ import pandas as pd
 from mdlcap.interventions import allocation as ab
 from mdlcap.interventions.pruning import global_sparsity, mdl_ratios, prunable_linears, uniform_ratios
 from mdlcap.models import decoder_layers
-from mdlcap.study.allocation_evidence import paired_points
+from mdlcap.study.allocation_evidence import accuracy_and_loss_intervals
 from mdlcap.study.cells import Job, run_cells
 from mdlcap.study.paper import THRESHOLDS
-from mdlcap.study.stats import interval_frame, interval_row, paired_interval
+from mdlcap.study.stats import interval_frame
 from mdlcap.theory.instances import random_joint_instance
 from mdlcap.theory.joint import joint, joint_integer, joint_spend
 
@@ -174,16 +174,11 @@ def joint_intervals(results: pd.DataFrame, task: str, *, n_resamples: int = 4999
     """Paired 95 % intervals of `COMPARISONS` ("other − base"): accuracy in points over seeds and
     test items, and the held-out loss over seeds (lower is better, so "negative" favours other);
     no paper claim exists for either (future work), so the verdict says whether 0 is excluded."""
-    rows = []
-    seeds = sorted(set(results.seed))
-    for base, other in COMPARISONS:
-        name = f"{other} - {base}"
-        d = paired_points(results, task, base, other, seeds)
-        rows.append(interval_row(name, task, "accuracy_points", paired_interval(d, n_resamples=n_resamples), None))
-        loss = results.set_index(["method", "seed"])["heldout_loss"]
-        dl = np.array([[loss[(other, s)] - loss[(base, s)]] for s in seeds])
-        rows.append(interval_row(name, task, "heldout_loss", paired_interval(dl, n_resamples=n_resamples), None))
-    return interval_frame(rows)
+    methods = set(results.method)
+    missing = [c for c in COMPARISONS if not set(c) <= methods]
+    if missing:
+        raise ValueError(f"results: comparisons {missing} need methods missing from {sorted(methods)}")
+    return interval_frame(accuracy_and_loss_intervals(results, task, COMPARISONS, n_resamples=n_resamples))
 
 
 def verdict_lines(iv: pd.DataFrame) -> list[str]:

@@ -35,8 +35,8 @@ import pandas as pd
 
 from mdlcap import cache
 from mdlcap.interventions import finetune as ft
-from mdlcap.study.allocation_evidence import paired_points
-from mdlcap.study.stats import interval_frame, interval_row, paired_interval
+from mdlcap.study.allocation_evidence import accuracy_and_loss_intervals
+from mdlcap.study.stats import interval_frame
 
 COMPARISONS = (("adalora", "online_mdl"), ("static_mdl", "online_mdl"), ("uniform", "online_mdl"),
                ("uniform", "adalora"))                                     # (base, other): "other - base"
@@ -115,8 +115,9 @@ def run_online_cell(base, tok, params, task: str, method: str, seed: int, batche
     else:
         raise ValueError(f"method: must be one of uniform, static_mdl, adalora, online_mdl, got {method!r}")
     callback = online if method == "online_mdl" else ada.AdaLoraStep(model, sched) if method == "adalora" else None
-    losses = ft.finetune(model, batches, epochs=epochs, lr=a.lr if lr is None else float(lr), seed=seed, warmup_ratio=a.warmup_ratio,
-                         progress=False, validation=held, callback=callback)
+    lr = a.lr if lr is None else float(lr)
+    losses = ft.finetune(model, batches, epochs=epochs, lr=lr, seed=seed, warmup_ratio=a.warmup_ratio, progress=False,
+                         validation=held, callback=callback)
     t1 = time.time()
     if method == "adalora":
         final = ada.module_ranks(model)
@@ -147,24 +148,27 @@ def run_online_cell(base, tok, params, task: str, method: str, seed: int, batche
 
 def cached_online_cell(base, tok, params, task: str, method: str, seed: int, batches=None,
                        lr: float | None = None) -> dict:
-    """`run_online_cell` through the one cache (namespace "online"); adds "cached" and "lr"."""
+    """`run_online_cell` through the one cache (namespace "online"); adds "cached" and "lr".
+    `batches`: the task's training batches, or a callable that builds them, called only when the
+    record is not in the cache (None: `run_online_cell` builds them)."""
     fresh = []
 
     def compute():
         fresh.append(True)
-        return run_online_cell(base, tok, params, task, method, seed, batches, lr)
+        return run_online_cell(base, tok, params, task, method, seed, batches() if callable(batches) else batches, lr)
 
     rec = cache.cached("online", cell_spec(params, task, method, seed, lr), compute, prefix=f"{task}_{method}_")
     return {**rec, "cached": not fresh, "lr": params.allocation.lr if lr is None else float(lr)}
 
 
-def _job(job: tuple[str, str, int, float]) -> dict:
-    from mdlcap.study.cells import worker_state
-    w = worker_state()
+def _job(state: dict, job: tuple[str, str, int, float]) -> dict:
+    """One (task, method, seed, lr) record from a worker's state (`study.cells.worker_state`); the
+    task's training batches are built once per worker, and only for a record the cache lacks."""
+    from mdlcap.study.cells import task_batches
+
     task = job[0]
-    if task not in w["batches"]:
-        w["batches"][task] = ft.task_train_batches(w["params"], w["tok"], task)
-    return cached_online_cell(w["base"], w["tok"], w["params"], *job[:3], batches=w["batches"][task], lr=job[3])
+    return cached_online_cell(state["base"], state["tok"], state["params"], *job[:3],
+                              batches=lambda: task_batches(state, task), lr=job[3])
 
 
 # --------------------------------------------------------------------------- learning rates
@@ -217,43 +221,16 @@ def lr_table(tuning: list[dict]) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- running the cells
-def _execute(params, base, tok, workers: int, jobs: list, then) -> dict:
-    """Run `jobs` (task, method, seed, lr) through the cache; `then(job, rec)` returns jobs that may
-    start once `job` is done (the tuned methods' cells wait for their lr). {job: record}."""
-    from tqdm.auto import tqdm
+def _execute(params, base, tok, workers: int, jobs: list, then=None) -> dict:
+    """Run `jobs` (task, method, seed, lr) through the cache (`study.pool.run_jobs`); `then(job, rec)`
+    returns jobs that may start once `job` is done (the tuned methods' cells wait for their lr).
+    {job: record}."""
+    from mdlcap.study.cells import worker_state
+    from mdlcap.study.pool import run_jobs
 
-    from mdlcap.study.cells import init_worker
-    out: dict = {}
-    bar = tqdm(total=len(jobs), desc="online cells")
-    if workers <= 1:
-        batches: dict = {}
-        queue = list(jobs)
-        while queue:
-            j = queue.pop(0)
-            if j[0] not in batches:
-                batches[j[0]] = ft.task_train_batches(params, tok, j[0])
-            out[j] = cached_online_cell(base, tok, params, *j[:3], batches=batches[j[0]], lr=j[3])
-            more = then(j, out[j])
-            bar.total += len(more)
-            queue += more
-            bar.update(1)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=init_worker,
-                                 initargs=(params, 1)) as pool:
-            running = {pool.submit(_job, j): j for j in jobs}
-            while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for f in done:
-                    j = running.pop(f)
-                    out[j] = f.result()
-                    more = then(j, out[j])
-                    bar.total += len(more)
-                    running.update({pool.submit(_job, k): k for k in more})
-                    bar.update(1)
-    bar.close()
-    return out
+    state = {"params": params, "base": base, "tok": tok, "batches": {}, "bases": {}} if workers <= 1 else None
+    return run_jobs(_job, jobs, workers=max(1, workers), setup=worker_state, setup_args=(params,), state=state,
+                    then=then, desc="online cells")
 
 
 def online_cells(params, *, base=None, tok=None, workers: int = 1) -> list[dict]:
@@ -261,7 +238,7 @@ def online_cells(params, *, base=None, tok=None, workers: int = 1) -> list[dict]
     with its "lr". A tuned method's candidates run first on online.tuning_seed (`tuning_jobs`),
     alongside the untuned methods' cells; its compared cells start at the lr `lr_selection` chose
     once its task's candidates are done. `workers` > 1: spawn processes of one torch thread
-    (`study.cells.init_worker`). The candidates' records: `tuning_cells` (from the cache)."""
+    (`study.cells.worker_state`). The candidates' records: `tuning_cells` (from the cache)."""
     o = params.online
     tuned = set(tuned_methods(params))
     compared = [(t, m, int(s)) for t in o.tasks for m in o.methods for s in o.seeds]
@@ -293,10 +270,8 @@ def tuning_cells(params, *, base=None, tok=None, workers: int = 1) -> list[dict]
     `online_cells` these are cache hits (no model, no batches needed); `workers` > 1 runs the
     missing ones in that many processes."""
     jobs = tuning_jobs(params)
-    if workers > 1:
-        out = _execute(params, base, tok, workers, jobs, lambda j, r: [])
-        return [out[j] for j in jobs]
-    return [cached_online_cell(base, tok, params, *j[:3], lr=j[3]) for j in jobs]
+    out = _execute(params, base, tok, workers, jobs)
+    return [out[j] for j in jobs]
 
 
 # --------------------------------------------------------------------------- tables
@@ -319,19 +294,8 @@ def summary_table(res: pd.DataFrame) -> pd.DataFrame:
 def online_intervals(res: pd.DataFrame, *, n_resamples: int = 4999) -> pd.DataFrame:
     """Paired 95 % intervals of COMPARISONS present in `res`, per task: accuracy in points (seeds ×
     items) and held-out loss (seeds; lower is better); no paper number (future work)."""
-    rows = []
-    for task, r in res.groupby("task", sort=False):
-        seeds, methods = sorted(set(r.seed)), set(r.method)
-        loss = r.set_index(["method", "seed"])["heldout_loss"]
-        for base, other in COMPARISONS:
-            if base not in methods or other not in methods:
-                continue
-            name = f"{other} - {base}"
-            d = paired_points(r, task, base, other, seeds)
-            rows.append(interval_row(name, task, "accuracy_points", paired_interval(d, n_resamples=n_resamples), None))
-            dl = np.array([[loss[(other, s)] - loss[(base, s)]] for s in seeds])
-            rows.append(interval_row(name, task, "heldout_loss", paired_interval(dl, n_resamples=n_resamples), None))
-    return interval_frame(rows)
+    return interval_frame([row for task, r in res.groupby("task", sort=False)
+                           for row in accuracy_and_loss_intervals(r, task, COMPARISONS, n_resamples=n_resamples)])
 
 
 def rank_table(recs: list[dict]) -> pd.DataFrame:
@@ -390,6 +354,15 @@ def verdict_lines(iv: pd.DataFrame, drift: pd.DataFrame | None = None, overhead:
     return lines
 
 
+def _grid_edge(lr: float, grid) -> str:
+    """The end of an lr sentence: whether the chosen `lr` sits at an edge of its candidate `grid`."""
+    if len(grid) > 1 and lr == max(grid):
+        return "; the largest candidate won, so a larger lr might do better still."
+    if len(grid) > 1 and lr == min(grid):
+        return "; the smallest candidate won, so a smaller lr might do better still."
+    return "."
+
+
 def meaning_lines(iv: pd.DataFrame, drift: pd.DataFrame | None = None, lrs: pd.DataFrame | None = None,
                   base_lr: float | None = None) -> list[str]:
     """Notebook 08's "What it means", read from the numbers: per task and comparison, which method
@@ -435,9 +408,7 @@ def meaning_lines(iv: pd.DataFrame, drift: pd.DataFrame | None = None, lrs: pd.D
             lr = float(g[g.chosen].lr.iloc[0])
             out.append(f"{task}, {m} trains at lr {lr:g}, the best final held-out loss of "
                        f"{sorted(float(x) for x in g.lr)} on seed {int(g.seed.iloc[0])} (outside the compared seeds)"
-                       + ("; the largest candidate won, so a larger lr might do better still." if lr == g.lr.max()
-                          and len(g) > 1 else "; the smallest candidate won, so a smaller lr might do better still."
-                          if lr == g.lr.min() and len(g) > 1 else "."))
+                       + _grid_edge(lr, g.lr))
         tuned = sorted(set(lrs.method))
         compared = {x.strip() for c in iv.comparison for x in c.split(" - ")}
         untuned = sorted(compared - set(tuned))

@@ -41,6 +41,7 @@ import pandas as pd
 from mdlcap.default import data
 from mdlcap.interventions.pruning import (LAYERIF_CAP, PRUNERS, global_sparsity, layerif_ratios, mdl_ratios,
                                           owl_ratios, uniform_ratios)
+from mdlcap.study.pool import check_workers, run_jobs
 from mdlcap.study.pruning import Bench
 from mdlcap.study.pruning_intervals import ppl_rel_interval
 from mdlcap.study.pruning_ratios import BUDGET_TOL
@@ -89,32 +90,15 @@ def layer_curves(bench: Bench, pruners: Sequence[str], grid: Sequence[float], *,
     `bench.run` (perplexity only). Columns pruner, layer, rho, measured (layer k's measured sparsity),
     loss (mean window loss, nats), dense_loss (the dense model's), D = loss − dense_loss.
     `workers` > 1: the configurations run in that many spawn processes of one torch thread, each
-    pruning its own deep copy of `bench.model` (`_init_curve_worker`); every result goes through the
+    pruning its own deep copy of `bench.model` (`private_bench`); every result goes through the
     same cache entry as in-process, so the table does not depend on `workers`."""
-    from tqdm.auto import tqdm
-
     g, prs = _check_grid_pruners(grid, pruners)
-    if workers < 1:
-        raise ValueError(f"workers: must be >= 1, got {workers}")
+    check_workers(workers)
     K = len(bench.sizes)
     dense_loss = mean_loss(bench.run(None, "dense", need_accuracy=False))
     configs = [(pr, k, float(rho)) for pr in prs for k in range(K) for rho in g]
-    bar = tqdm(total=len(configs), desc="layer curves", **({} if progress else {"disable": True}))
-    results: dict = {}
-    if workers == 1:
-        for c in configs:
-            results[c] = _curve_point(bench, c)
-            bar.update(1)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_curve_worker, initargs=(bench,)) as pool:
-            futures = {pool.submit(_curve_job, c): c for c in configs}
-            for f in as_completed(futures):
-                results[futures[f]] = f.result()
-                bar.update(1)
-    bar.close()
+    results = run_jobs(_curve_point, configs, workers=workers, setup=private_bench, setup_args=(bench,),
+                       state={"bench": bench}, desc="layer curves", progress=progress)
     rows = []
     for pr, k, rho in configs:
         key, measured, loss = results[(pr, k, rho)]
@@ -124,34 +108,26 @@ def layer_curves(bench: Bench, pruners: Sequence[str], grid: Sequence[float], *,
     return pd.DataFrame(rows, columns=["pruner", "layer", "rho", "measured", "loss", "dense_loss", "D"])
 
 
-def _curve_point(bench: Bench, config: tuple[str, int, float]) -> tuple[str, float, float]:
-    """(cache key, layer k's measured sparsity, mean window loss) of one layer-alone pruning."""
+def _curve_point(state: dict, config: tuple[str, int, float]) -> tuple[str, float, float]:
+    """(cache key, layer k's measured sparsity, mean window loss) of one layer-alone pruning on
+    state["bench"]."""
     pr, k, rho = config
+    bench = state["bench"]
     r = np.zeros(len(bench.sizes))
     r[k] = rho
     res = bench.run(r, pr, need_accuracy=False)
     return res["key"], float(res["measured"][k]), mean_loss(res)
 
 
-_CURVE_BENCH: list = []
-
-
-def _init_curve_worker(bench: Bench) -> None:
-    """A worker's private bench. A spawn pool sends tensors through shared memory (torch's
-    multiprocessing reducers), so the `bench.model` that arrives here shares its weights with the
-    parent's and the other workers' models: pruning it in place would corrupt theirs. The worker
-    prunes a deep copy instead, and only reads the shared weights once, to copy them."""
+def private_bench(bench: Bench) -> dict:
+    """A worker's state: its own bench (`study.pool.run_jobs`' setup). A spawn pool sends tensors
+    through shared memory (torch's multiprocessing reducers), so the `bench.model` that arrives
+    here shares its weights with the parent's and the other workers' models: pruning it in place
+    would corrupt theirs. The worker prunes a deep copy instead, and only reads the shared weights
+    once, to copy them."""
     import copy
-    import os
 
-    import torch
-    torch.set_num_threads(1)
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    _CURVE_BENCH[:] = [dataclasses.replace(bench, model=copy.deepcopy(bench.model), keys=set())]
-
-
-def _curve_job(config: tuple[str, int, float]) -> tuple[str, float, float]:
-    return _curve_point(_CURVE_BENCH[0], config)
+    return {"bench": dataclasses.replace(bench, model=copy.deepcopy(bench.model), keys=set())}
 
 
 def fit_curves(curves: pd.DataFrame) -> pd.DataFrame:
