@@ -102,6 +102,9 @@ def test_model_key_tracks_inputs():
     q = P.load("params/smoke.yaml")
     q.data.seed += 1
     assert PT.model_key(q) != k
+    q = P.load("params/smoke.yaml")
+    q.run.seed += 1                       # pretraining's init and batch order come from run.seed
+    assert PT.model_key(q) != k
 
 
 def test_build_is_atomic_and_cached(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@ pretrained on the Python documentation corpus (`mdlcap.default.corpus`), on CPU,
 
     path = build(params)      # trains and saves in the one cache (namespace "models"), or reuses it
 
-The spec names the architecture, the pretraining recipe, the data seed and the corpus version
+The spec names the architecture, the pretraining recipe, the run seed (the model's init and
+batch order), the data seed and the corpus version
 (not the task generators' version: a task change does not retrain the model); the key adds
 `cache.CODE_VERSIONS["models"]`. So a second `make all` reuses the model and any change rebuilds
 it. `cache.cached_dir` builds in a temp folder and renames it into place: an interrupted build
@@ -30,7 +31,7 @@ def model_spec(params) -> dict:
     """What the default model is a function of (its cache spec)."""
     m = params.model
     return {"architecture": dataclasses.asdict(m.architecture), "pretrain": dataclasses.asdict(m.pretrain),
-            "data_seed": params.data.seed, "corpus": corpus_version()}
+            "run_seed": params.run.seed, "data_seed": params.data.seed, "corpus": corpus_version()}
 
 
 def model_key(params) -> str:
