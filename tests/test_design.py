@@ -40,9 +40,6 @@ def test_allocation_cells_share_seeds_and_every_cell_is_above_chance(params):
     assert (learning.n_items == params.data.n_test).all()            # every test item scored
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 still open: under the patience rule (late_improvement), sciq/layerif_all "
-                                       "at 192 steps makes 5.03 % of its held-out improvement in the last quarter of the "
-                                       "evaluations (some seed), against the rule's 5 %")
 def test_allocation_cells_are_below_the_ceiling_and_plateaued():
     learning = _csv("03_allocation", "learning")
     assert learning.below_ceiling.all(), learning[~learning.below_ceiling]
