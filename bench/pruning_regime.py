@@ -4,7 +4,8 @@ Issue 15 asks for an embedded default in which 50% uniform magnitude pruning rai
 perplexity by >= 20% and the three pruners order as in the literature (magnitude worst; Wanda
 and SparseGPT recover much of it). This pretrains one recipe (params/tiny.yaml with `--set`
 overrides of `model.*`) into a temporary folder, outside the cache, and prunes every decoder
-layer to 50% with each pruner, on notebook 04's calibration and held-out texts.
+layer to 50% with each pruner through notebook 04's bench (`mdlcap.study.pruning.setup(...).run`:
+its calibration and held-out texts, its SparseGPT settings, its perplexity and its cache).
 
     .venv/bin/python bench/pruning_regime.py --set model.pretrain.weight_decay=0.0 --tag wd0
 
@@ -14,8 +15,6 @@ pruner's perplexity and relative increase, and the pretraining wall time.
 from __future__ import annotations
 
 import argparse
-import copy
-import math
 import sys
 import tempfile
 import time
@@ -29,13 +28,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mdlcap import evaluation  # noqa: E402
-from mdlcap.models import decoder_layers  # noqa: E402
+from mdlcap.default import data  # noqa: E402
 from mdlcap.default import pretrain as pre  # noqa: E402
-from mdlcap.interventions import pruning as P  # noqa: E402
+from mdlcap.models import decoder_layers  # noqa: E402
 from mdlcap.study import params as mparams  # noqa: E402
 from mdlcap.study import pruning as study_pruning  # noqa: E402
-from mdlcap.default import data  # noqa: E402
 
 PRUNERS = ("magnitude", "wanda", "sparsegpt")
 
@@ -77,14 +74,11 @@ def main(argv=None) -> pd.DataFrame:
     torch.set_num_threads(p.model.pretrain.threads)
     model.eval()
     bench = study_pruning.setup(p, model, tok)
-    seq_len = p.data.calibration_seq_len
     row = {"tag": args.tag, "overrides": " ".join(args.set), "pretrain_s": round(wall, 1),
-           "train_ppl": metrics["train_ppl"], "dense": evaluation.perplexity(model, tok, bench.heldout, seq_len)}
+           "train_ppl": metrics["train_ppl"], "dense": bench.run(None, "dense", need_accuracy=False)["perplexity"]}
     ratios = np.full(len(decoder_layers(model)), args.sparsity)
     for pruner in PRUNERS:
-        m = copy.deepcopy(model)
-        P.prune_model(m, ratios, pruner, bench.calib_batches, progress=False)
-        row[pruner] = evaluation.perplexity(m, tok, bench.heldout, seq_len)
+        row[pruner] = bench.run(ratios, pruner, need_accuracy=False)["perplexity"]
         row[f"{pruner}_rel"] = row[pruner] / row["dense"] - 1
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
