@@ -17,6 +17,8 @@ def _summary01(d: Path, degenerate: bool) -> None:
          "allocate_max_rel_diff_x_vs_cvxpy": 1e-7, "prune_max_rel_diff_x_vs_cvxpy": 2e-7,
          "monotonicity_violations": 0, "allocate_instances": 10, "prune_instances": 10,
          "allocate_closed_form_better_where_differs": True, "prune_closed_form_better_where_differs": True,
+         "allocate_instances_cvxpy_converged": 10, "prune_instances_cvxpy_converged": 9,
+         "allocate_closed_form_no_worse_where_cvxpy_loose": True, "prune_closed_form_no_worse_where_cvxpy_loose": True,
          "allocate_bisection_K1000_s": 1e-4, "prune_bisection_K1000_s": 2e-4,
          "allocate_bisection_K32_median_us": 50.0, "prune_bisection_K32_median_us": 60.0,
          "allocate_exact_speedup_K32": 900.0, "prune_exact_speedup_K32": 800.0,
@@ -88,6 +90,15 @@ def test_claims_read_thresholds_from_paper(tmp_path, monkeypatch):
     assert theorems().verdict == "reproduced"
     monkeypatch.setitem(paper.THRESHOLDS, "closed_form_rel_error", 1e-7)      # below the 2e-7 written
     assert theorems().verdict == "not reproduced"
+
+
+def test_theorems_claim_fails_where_closed_form_loses_to_a_loose_referee(tmp_path):
+    _summary01(tmp_path / "01_derivations", degenerate=True)
+    f = tmp_path / "01_derivations" / "summary.json"
+    s = json.loads(f.read_text())
+    f.write_text(json.dumps({**s, "prune_closed_form_no_worse_where_cvxpy_loose": False}))
+    row = report.claims_table(tmp_path).set_index("claim").filter(like="closed-form", axis=0).iloc[0]
+    assert row.verdict == "not reproduced" and "on the 19 where cvxpy meets its KKT conditions" in row.ours
 
 
 def test_allocation_claims_without_intervals_are_not_testable(tmp_path):

@@ -170,9 +170,18 @@ def closed_form_instances(rng, n_inst: int, Ks, progress: bool = True) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def referee_converged(cmp: pd.DataFrame) -> pd.Series:
+    """Instances on which cvxpy can judge the closed form: it reports "optimal" *and* its solution
+    meets the KKT conditions to `THRESHOLDS["closed_form_rel_error"]`, the tolerance the comparison
+    is made at. A reference that is itself off by more than that (CLARABEL can say "optimal" at a
+    KKT residual of 7e-5) cannot confirm or refute agreement at 1e-5, so it does not enter the verdict."""
+    return (cmp.cvxpy_status == "optimal") & (cmp.kkt_residual_cvxpy <= THRESHOLDS["closed_form_rel_error"])
+
+
 def closed_form_table(cmp: pd.DataFrame) -> pd.DataFrame:
-    """Per (program, regime), over instances cvxpy solved to "optimal": worst differences."""
-    good = cmp[cmp.cvxpy_status == "optimal"]
+    """Per (program, regime), over the instances cvxpy solved to its KKT tolerance
+    (`referee_converged`): worst differences."""
+    good = cmp[referee_converged(cmp)]
     return good.groupby(["program", "regime"]).agg(
         instances=("K", "size"), K_max=("K", "max"), frac_active=("active", "mean"),
         mean_zero=("n_zero", "mean"), mean_clipped=("n_clipped", "mean"),
@@ -185,10 +194,15 @@ def closed_form_table(cmp: pd.DataFrame) -> pd.DataFrame:
 
 
 def closed_form_section(rng, n_inst: int, Ks, progress: bool = True) -> Section:
-    """Theorems 2–3 against cvxpy; CONFIRMED when the worst relative deviation is below
-    `THRESHOLDS["closed_form_rel_error"]` (the threshold claims use too)."""
+    """Theorems 2–3 against cvxpy; CONFIRMED when, on the instances cvxpy solved to its KKT
+    tolerance (`referee_converged`), the worst relative deviation is below
+    `THRESHOLDS["closed_form_rel_error"]` (the threshold claims use too), and where cvxpy said
+    "optimal" without meeting that tolerance the closed form has an objective no higher and a KKT
+    residual below it."""
     cmp = closed_form_instances(rng, n_inst, Ks, progress)
-    good = cmp[cmp.cvxpy_status == "optimal"]
+    conv = referee_converged(cmp)
+    good = cmp[conv]
+    loose = cmp[(cmp.cvxpy_status == "optimal") & ~conv]       # "optimal" at a KKT residual above the tolerance
     s = Section(tables={"closed_form_vs_cvxpy_instances": cmp, "closed_form_vs_cvxpy": closed_form_table(cmp)})
     s.lines.append(f"cvxpy status: {cmp.cvxpy_status.value_counts().to_dict()}; "
                    f"routes: {cmp.cvxpy_route.value_counts().to_dict()}")
@@ -196,7 +210,12 @@ def closed_form_section(rng, n_inst: int, Ks, progress: bool = True) -> Section:
     for prog in ["allocate", "prune"]:
         g = good[good.program == prog]
         m[f"{prog}_instances"] = int((cmp.program == prog).sum())
-        m[f"{prog}_instances_cvxpy_optimal"] = int(len(g))
+        m[f"{prog}_instances_cvxpy_optimal"] = int(((cmp.program == prog) & (cmp.cvxpy_status == "optimal")).sum())
+        m[f"{prog}_instances_cvxpy_converged"] = int(len(g))
+        lp = loose[loose.program == prog]
+        m[f"{prog}_closed_form_no_worse_where_cvxpy_loose"] = bool(
+            ((lp.obj_diff <= 1e-9 * np.maximum(1, lp.dual.abs()))
+             & (lp.kkt_residual <= THRESHOLDS["closed_form_rel_error"])).all())
         m[f"{prog}_max_abs_diff_x_vs_cvxpy"] = float(g.max_abs_diff_x.max())
         m[f"{prog}_max_rel_diff_x_vs_cvxpy"] = float(g.max_rel_diff_x.max())
         m[f"{prog}_max_rel_obj_diff_vs_cvxpy"] = float(g.rel_obj_diff.max())
@@ -207,7 +226,10 @@ def closed_form_section(rng, n_inst: int, Ks, progress: bool = True) -> Section:
         ours_better = bool(((far.obj_diff <= 1e-9) & (far.kkt_residual < far.kkt_residual_cvxpy)).all())
         m[f"{prog}_closed_form_better_where_differs"] = ours_better
         s.lines.append(
-            f"{prog}: {len(g)} instances where cvxpy reports optimal; max |x − x_cvxpy| = "
+            f"{prog}: {len(g)} instances where cvxpy reports optimal and meets its KKT conditions to "
+            f"{THRESHOLDS['closed_form_rel_error']:g} ({len(lp)} more say optimal without; there the closed form's "
+            f"objective is no higher and its KKT residual below the tolerance: "
+            f"{m[f'{prog}_closed_form_no_worse_where_cvxpy_loose']}); max |x − x_cvxpy| = "
             f"{g.max_abs_diff_x.max():.1e} (relative to 1+max x: {g.max_rel_diff_x.max():.1e}); on the {len(far)} "
             f"instances differing by > 1e-6 the closed form has the lower objective and KKT residual: {ours_better}; "
             f"max relative objective gap = {g.rel_obj_diff.max():.1e}, "
@@ -215,10 +237,11 @@ def closed_form_section(rng, n_inst: int, Ks, progress: bool = True) -> Section:
             f"{m[f'{prog}_max_abs_diff_bisection_exact']:.1e}; KKT residual ≤ {m[f'{prog}_max_kkt_residual']:.1e}.")
     worst = max(m["allocate_max_rel_diff_x_vs_cvxpy"], m["prune_max_rel_diff_x_vs_cvxpy"])
     threshold = THRESHOLDS["closed_form_rel_error"]
-    verdict = "CONFIRMED" if worst < threshold else "NOT CONFIRMED"
+    no_worse = m["allocate_closed_form_no_worse_where_cvxpy_loose"] and m["prune_closed_form_no_worse_where_cvxpy_loose"]
+    verdict = "CONFIRMED" if worst < threshold and no_worse else "NOT CONFIRMED"
     m["theorems_2_3_confirmed"] = verdict == "CONFIRMED"
     s.lines.append(f"Theorems 2 and 3 (closed forms Eq 13, Eq 15): {verdict} against cvxpy (max |x − x_cvxpy|/(1+max x) = "
-                   f"{worst:.1e}, threshold {threshold:g}).")
+                   f"{worst:.1e} where cvxpy converged, threshold {threshold:g}).")
     return s
 
 
