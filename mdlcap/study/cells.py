@@ -10,10 +10,8 @@ not depend on which worker ran it, in which order, or how many workers there wer
 interrupted run resumes from the cells already written. Jobs with the same cache key (methods
 that give identical counts) are run once.
 
-Why not accelerate / torchrun: those split ONE training run over processes (DDP, the 7B path:
-`python -m mdlcap.study.launch`); here the cells are independent runs, so the parallelism is
-over cells: `concurrent.futures.ProcessPoolExecutor` with the "spawn" start method (no torch
-state shared with the parent), each worker loading the base model once.
+The processes are `mdlcap.study.pool.run_jobs`' (which says why not accelerate / torchrun), each
+worker loading the base model once (`worker_state`).
 """
 from __future__ import annotations
 
@@ -64,14 +62,19 @@ def pruned_base(params, base, tok, prune: tuple[str, tuple[float, ...]]):
     return model
 
 
+def cell_state(params, base, tok, accelerator=None) -> dict:
+    """The state every pool of cells runs on (notebook 03's and 07's here, notebook 08's online
+    cells): params, the base model and tokenizer, an `accelerator` (the GPU / multi-process path,
+    in-process only), and empty caches of training batches per task and of the one pruned base."""
+    return {"params": params, "base": base, "tok": tok, "accelerator": accelerator, "batches": {}, "bases": {}}
+
+
 def worker_state(params) -> dict:
-    """A worker's state (`study.pool.run_jobs`' setup for every pool of cells: notebook 03's and
-    07's here, notebook 08's online cells): params, the base model and tokenizer loaded once, and
-    empty caches of training batches per task and of the one pruned base."""
+    """A worker process's `cell_state` (`study.pool.run_jobs`' setup): the base model and
+    tokenizer loaded once per worker, on the CPU."""
     from mdlcap import models
 
-    base, tok = models.load(params, device="cpu")
-    return {"params": params, "base": base, "tok": tok, "batches": {}, "bases": {}}
+    return cell_state(params, *models.load(params, device="cpu"))
 
 
 def task_batches(state: dict, task: str) -> list:
@@ -99,7 +102,7 @@ def _run(state: dict, job: Job) -> dict:
                 bases[job.prune] = pruned_base(params, base, state["tok"], job.prune)
             model = bases[job.prune]
     return ft.cached_cell(model, state["tok"], params, job.task, seed=job.seed, counts=counts, ranks=ranks,
-                          accelerator=state.get("accelerator"), batches=batches, base_spec=job.base_spec(params))
+                          accelerator=state["accelerator"], batches=batches, base_spec=job.base_spec(params))
 
 
 def run_cells(params, jobs: Sequence[Job], *, workers: int = 1, base=None, tok=None, accelerator=None,
@@ -117,7 +120,7 @@ def run_cells(params, jobs: Sequence[Job], *, workers: int = 1, base=None, tok=N
     if workers == 1 or len(unique) <= 1:
         if base is None or tok is None:
             raise ValueError("base/tok: the in-process path (workers = 1) needs the base model and tokenizer")
-        state = {"params": params, "base": base, "tok": tok, "batches": {}, "bases": {}, "accelerator": accelerator}
+        state = cell_state(params, base, tok, accelerator)
     out = run_jobs(_run, list(unique.values()), workers=1 if state is not None else workers, setup=worker_state,
                    setup_args=(params,), state=state, desc=desc)
     return {key: out[j] for key, j in unique.items()}

@@ -29,6 +29,7 @@ import copy
 import re
 import time
 from dataclasses import asdict, replace
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,8 @@ import pandas as pd
 from mdlcap import cache
 from mdlcap.interventions import finetune as ft
 from mdlcap.study.allocation_evidence import accuracy_and_loss_intervals
+from mdlcap.study.cells import cell_state, task_batches, worker_state
+from mdlcap.study.pool import run_jobs
 from mdlcap.study.stats import interval_frame
 
 COMPARISONS = (("adalora", "online_mdl"), ("static_mdl", "online_mdl"), ("uniform", "online_mdl"),
@@ -146,16 +149,16 @@ def run_online_cell(base, tok, params, task: str, method: str, seed: int, batche
             **passes, "train_seconds": round(t1 - t0, 3), "eval_seconds": round(time.time() - t1, 3)}
 
 
-def cached_online_cell(base, tok, params, task: str, method: str, seed: int, batches=None,
-                       lr: float | None = None) -> dict:
+def cached_online_cell(base, tok, params, task: str, method: str, seed: int,
+                       batches: Callable[[], list] | None = None, lr: float | None = None) -> dict:
     """`run_online_cell` through the one cache (namespace "online"); adds "cached" and "lr".
-    `batches`: the task's training batches, or a callable that builds them, called only when the
-    record is not in the cache (None: `run_online_cell` builds them)."""
+    `batches`: a callable that returns the task's training batches, called only when the record
+    is not in the cache (None: `run_online_cell` builds them)."""
     fresh = []
 
     def compute():
         fresh.append(True)
-        return run_online_cell(base, tok, params, task, method, seed, batches() if callable(batches) else batches, lr)
+        return run_online_cell(base, tok, params, task, method, seed, None if batches is None else batches(), lr)
 
     rec = cache.cached("online", cell_spec(params, task, method, seed, lr), compute, prefix=f"{task}_{method}_")
     return {**rec, "cached": not fresh, "lr": params.allocation.lr if lr is None else float(lr)}
@@ -164,8 +167,6 @@ def cached_online_cell(base, tok, params, task: str, method: str, seed: int, bat
 def _job(state: dict, job: tuple[str, str, int, float]) -> dict:
     """One (task, method, seed, lr) record from a worker's state (`study.cells.worker_state`); the
     task's training batches are built once per worker, and only for a record the cache lacks."""
-    from mdlcap.study.cells import task_batches
-
     task = job[0]
     return cached_online_cell(state["base"], state["tok"], state["params"], *job[:3],
                               batches=lambda: task_batches(state, task), lr=job[3])
@@ -225,10 +226,7 @@ def _execute(params, base, tok, workers: int, jobs: list, then=None) -> dict:
     """Run `jobs` (task, method, seed, lr) through the cache (`study.pool.run_jobs`); `then(job, rec)`
     returns jobs that may start once `job` is done (the tuned methods' cells wait for their lr).
     {job: record}."""
-    from mdlcap.study.cells import worker_state
-    from mdlcap.study.pool import run_jobs
-
-    state = {"params": params, "base": base, "tok": tok, "batches": {}, "bases": {}} if workers <= 1 else None
+    state = cell_state(params, base, tok) if workers <= 1 else None
     return run_jobs(_job, jobs, workers=max(1, workers), setup=worker_state, setup_args=(params,), state=state,
                     then=then, desc="online cells")
 

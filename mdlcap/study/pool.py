@@ -54,7 +54,7 @@ def run_jobs(fn: Callable[[dict, Hashable], object], jobs: Sequence[Hashable], *
              progress: bool = True) -> dict:
     """{job: fn(state, job)} for every job and every job `then` adds.
 
-    workers = 1 (or a single job): in this process on `state` (required). workers > 1: that many
+    workers = 1: in this process on `state` (required). workers > 1: that many
     spawn processes of one torch thread, each starting from `setup(*setup_args)` (required). A tqdm
     bar titled `desc` counts finished jobs (none if desc is None or progress is off)."""
     from tqdm.auto import tqdm
@@ -64,7 +64,7 @@ def run_jobs(fn: Callable[[dict, Hashable], object], jobs: Sequence[Hashable], *
     # disable only when asked: an explicit disable=False would override TQDM_DISABLE (make all, tests)
     bar = tqdm(total=len(jobs), desc=desc, **({"disable": True} if desc is None or not progress else {}))
     out: dict = {}
-    if workers == 1 or (len(jobs) <= 1 and then is None and state is not None):
+    if workers == 1:
         if state is None:
             raise ValueError("state: the in-process path (workers = 1) needs this process's state")
         queue = list(jobs)
