@@ -143,3 +143,17 @@ def test_hardware_counts_the_cpus_this_process_may_use():
     hw = R.hardware()
     assert hw["cpu_count"] == len(os.sched_getaffinity(0))
     assert hw["cpu_count_machine"] == os.cpu_count()
+
+
+def test_hardware_names_the_cpu_and_its_kernels():
+    """Runs on different CPUs may differ in their last digits: the manifest says which CPU and
+    which SIMD kernels torch dispatched to."""
+    import os
+
+    import torch
+    from mdlcap.study import run as R
+    hw = R.hardware()
+    assert isinstance(hw["cpu_model"], str)
+    if os.path.exists("/proc/cpuinfo") and "model name" in open("/proc/cpuinfo").read():
+        assert hw["cpu_model"]
+    assert hw["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()

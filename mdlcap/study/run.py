@@ -74,13 +74,28 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else platform.processor(); "" when unknown).
+    Float reductions depend on the kernels a CPU dispatches to, so two runs on different CPUs
+    may differ in their last digits (README, known limits)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def hardware() -> dict[str, Any]:
     hw: dict[str, Any] = {"platform": platform.platform(), "python": sys.version.split()[0],
-                          "machine": platform.machine(), "cpu_count": usable_cpus(),
+                          "machine": platform.machine(), "cpu_model": cpu_model(), "cpu_count": usable_cpus(),
                           "cpu_count_machine": os.cpu_count()}
     try:
         import torch
         hw["torch_threads"] = torch.get_num_threads()
+        hw["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()   # the SIMD kernels torch runs
         hw["cuda"] = torch.cuda.is_available()
         if hw["cuda"]:
             hw["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
